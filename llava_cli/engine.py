@@ -1,0 +1,170 @@
+"""The engine owns one loaded model and turns (media, question) into tokens and text.
+
+    engine = Engine.load("./LLaVA-NeXT-Video-7B-hf")
+    prompt = engine.prepare([load_media("clip.mp4")], "why is this funny?")
+    for piece in engine.stream(prompt, engine.sampling()):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .errors import ModelError, PromptError
+from .families import Family, MediaInput, family_for
+from .generate import Sampling, decode_loop, eos_ids
+from .loading import Checkpoint, load_weights, resolve_device, resolve_dtype
+from .media import Media
+from .prompt import BUILTIN_TEMPLATES, build_messages, expand_placeholders, load_chat_template, render_chat
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Prepared:
+    """A prompt ready for the model: token ids with placeholders expanded, and the
+    preprocessed media whose embeddings fill those placeholders, in prompt order."""
+
+    text: str
+    input_ids: list[int]
+    items: list[MediaInput]
+    media: list[Media] = field(default_factory=list)
+
+
+@dataclass
+class Timings:
+    load_s: float = 0.0
+    encode_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prompt_tokens: int = 0
+    answer_tokens: int = 0
+
+
+class Engine:
+    def __init__(self, checkpoint: Checkpoint, family: Family, model: torch.nn.Module, tokenizer: Tokenizer,
+                 template: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.checkpoint = checkpoint
+        self.family = family
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.device = device
+        self.dtype = dtype
+        self.timings = Timings()
+        self.stop_ids = eos_ids(checkpoint.generation.get("eos_token_id"),
+                                (checkpoint.config.get("text_config") or {}).get("eos_token_id"),
+                                checkpoint.config.get("eos_token_id"))
+        if not self.stop_ids and tokenizer.eos_token_id is not None:
+            self.stop_ids = frozenset({tokenizer.eos_token_id})
+        self._check_placeholders()
+
+    @classmethod
+    def load(cls, folder: str | Path, *, device: str | None = None, dtype: str | None = None,
+             attn: str = "sdpa") -> "Engine":
+        started = time.perf_counter()
+        checkpoint = Checkpoint.open(folder)
+        family = family_for(checkpoint)
+        tokenizer = Tokenizer.from_folder(checkpoint.folder)
+        template = load_chat_template(checkpoint.folder) or BUILTIN_TEMPLATES[family.builtin_template]
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        shards = checkpoint.shard_files()
+        with torch.device("meta"):
+            model = family.build()
+        load_weights(model, shards, device=torch_device, dtype=torch_dtype)
+        model.text.rotary.reset(torch_device)
+        for module in model.modules():
+            if hasattr(module, "attn_backend"):
+                module.attn_backend = attn
+        model.eval()
+        engine = cls(checkpoint, family, model, tokenizer, template, torch_device, torch_dtype)
+        engine.timings.load_s = time.perf_counter() - started
+        return engine
+
+    def _check_placeholders(self) -> None:
+        for kind, token_id in self.family.token_ids().items():
+            found = self.tokenizer.token_to_id(f"<{kind}>")
+            if found != token_id:
+                raise ModelError(f"tokenizer maps <{kind}> to {found}, but config.json expects {token_id}")
+
+    # -- prompt ------------------------------------------------------------------------
+    def prepare(self, media: Sequence[Media], question: str, system: str | None = None) -> Prepared:
+        items = [self.family.prepare_image(m.frames[0]) if m.kind == "image" else self.family.prepare_video(m.frames)
+                 for m in media]
+        messages = build_messages(question, [m.kind for m in media], system)
+        text = render_chat(self.template, messages, add_generation_prompt=True)
+        ids = self.tokenizer.encode(text)
+        counts: dict[int, list[int]] = {}
+        for token_id in self.family.token_ids().values():
+            counts[token_id] = []
+        for item in items:
+            counts[item.placeholder_id].append(item.num_tokens)
+        ids = expand_placeholders(ids, counts)
+        limit = self.family.text_config.max_position_embeddings
+        if len(ids) >= limit:
+            raise PromptError(f"the prompt is {len(ids)} tokens, more than the model's context of {limit}")
+        return Prepared(text=text, input_ids=ids, items=items, media=list(media))
+
+    # -- model -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed(self, prepared: Prepared) -> torch.Tensor:
+        """Token embeddings with media features spliced in: (1, L, hidden)."""
+        started = time.perf_counter()
+        text = self.model.text
+        ids = torch.tensor(prepared.input_ids, device=self.device)
+        embeds = text.embed(ids)
+        by_id: dict[int, list[torch.Tensor]] = {}
+        for item in prepared.items:
+            features = self.family.encode(self.model, item).to(embeds.dtype)
+            if features.shape[0] != item.num_tokens:
+                raise ModelError(f"{item.kind} produced {features.shape[0]} features for {item.num_tokens} tokens")
+            by_id.setdefault(item.placeholder_id, []).append(features)
+        for token_id, features in by_id.items():
+            mask = ids == token_id
+            embeds[mask] = torch.cat(features)
+        self.timings.encode_s = time.perf_counter() - started
+        return embeds[None]
+
+    @torch.inference_mode()
+    def logits(self, prepared: Prepared) -> torch.Tensor:
+        """Next-token logits after the whole prompt: (vocab,) float32."""
+        self.model.text.drop_cache()
+        return self.model.text(self.embed(prepared))[0, -1].float()
+
+    def sampling(self, **overrides) -> Sampling:
+        return Sampling.resolve(self.checkpoint.generation, **overrides)
+
+    def generate(self, prepared: Prepared, sampling: Sampling) -> Iterator[int]:
+        """Token ids of the answer, as they are produced (stop token excluded)."""
+        embeds = self.embed(prepared)
+        text = self.model.text
+        limit = self.family.text_config.max_position_embeddings
+        capacity = min(embeds.shape[1] + sampling.max_new_tokens, limit)
+        text.setup_cache(capacity)
+        self.timings.prompt_tokens = embeds.shape[1]
+        self.timings.answer_tokens = 0
+        started = time.perf_counter()
+        first = True
+        for token in decode_loop(text, embeds, sampling, self.stop_ids, max_positions=capacity):
+            if first:
+                self.timings.prefill_s = time.perf_counter() - started
+                started, first = time.perf_counter(), False
+            self.timings.answer_tokens += 1
+            yield token
+        self.timings.decode_s = time.perf_counter() - started
+
+    def stream(self, prepared: Prepared, sampling: Sampling) -> Iterator[str]:
+        """Answer text in pieces, each printed as soon as it is final."""
+        decoder = self.tokenizer.stream()
+        for token in self.generate(prepared, sampling):
+            piece = decoder.push(token)
+            if piece:
+                yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail

@@ -1,0 +1,109 @@
+"""What every family shares: the composite model module and the media-item contract.
+
+A family turns decoded media (uint8 frames) into ``MediaInput``s — pixels plus the exact
+number of placeholder tokens they will occupy — and turns those pixels into embeddings
+of that length. The engine splices the embeddings in at the placeholder ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..loading import Checkpoint
+from ..nn.projector import Projector
+from ..nn.text import TextConfig, TextModel
+from ..nn.vision import VisionConfig, VisionTower
+
+
+@dataclass
+class MediaInput:
+    """One image or video, preprocessed, with the token count it expands to."""
+
+    kind: str  # "image" | "video"
+    pixels: torch.Tensor  # image: (views, 3, S, S); video: (frames, 3, S, S); float32
+    num_tokens: int
+    placeholder_id: int
+    size: tuple[int, int]  # original (height, width)
+    extra: dict = field(default_factory=dict)
+
+
+class LlavaModel(nn.Module):
+    """Vision tower(s) + projector + optional image_newline + text decoder."""
+
+    def __init__(self, text: TextConfig, vision: VisionConfig, feature_layer: int, *,
+                 projector_act: str = "gelu", projector_bias: bool = True, image_newline: bool = False,
+                 towers: tuple[str, ...] = ("vision",)) -> None:
+        super().__init__()
+        for tower in towers:
+            setattr(self, tower, VisionTower(vision, feature_layer))
+        self.projector = Projector(vision.hidden_size, text.hidden_size, projector_act, projector_bias)
+        self.image_newline = nn.Parameter(torch.zeros(text.hidden_size)) if image_newline else None
+        self.text = TextModel(text)
+
+    def tie_missing_weights(self, missing: list[str]) -> list[str]:
+        """Tied checkpoints store no LM head: reuse the embedding matrix."""
+        if "text.lm_head.weight" in missing and self.text.cfg.tie_word_embeddings:
+            self.text.lm_head.weight = self.text.embed.weight
+            missing = [m for m in missing if m != "text.lm_head.weight"]
+        return missing
+
+
+class Family:
+    """Rules for one checkpoint family. Subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]] = ()
+    architectures: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[dict] = {}
+    default_frames: ClassVar[int] = 8
+    builtin_template: ClassVar[str] = "vicuna"
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.config = {**self.defaults, **checkpoint.config}
+        try:
+            self.text_config = TextConfig.from_hf(self.config.get("text_config") or {},
+                                                  tie_word_embeddings=self.config.get("tie_word_embeddings"))
+            self.vision_config = VisionConfig.from_hf(self._vision_raw())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"config.json in {checkpoint.folder} is malformed ({exc.__class__.__name__}: {exc})") from None
+        self.feature_layer = int(self.config.get("vision_feature_layer", -2))
+        self.select_strategy = self.config.get("vision_feature_select_strategy", "default")
+        if self.select_strategy not in ("default", "full"):
+            raise ModelError(f"unsupported vision_feature_select_strategy '{self.select_strategy}'")
+
+    def _vision_raw(self) -> dict:
+        return self.config.get("vision_config") or {}
+
+    # -- model -------------------------------------------------------------------------
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def token_ids(self) -> dict[str, int]:
+        """Placeholder ids by media kind."""
+        raise NotImplementedError
+
+    # -- media -------------------------------------------------------------------------
+    def prepare_image(self, image: np.ndarray) -> MediaInput:
+        raise ModelError(f"{self.title} does not take images")
+
+    def prepare_video(self, frames: np.ndarray) -> MediaInput:
+        raise ModelError(f"{self.title} does not take videos")
+
+    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
+        """MediaInput → (num_tokens, text_hidden) embeddings."""
+        raise NotImplementedError
+
+    # -- helpers -----------------------------------------------------------------------
+    def select_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Drop the class token under the "default" strategy."""
+        if self.select_strategy == "default" and self.vision_config.has_class_token:
+            return hidden[:, 1:]
+        return hidden

@@ -1,0 +1,66 @@
+"""LLaVA-NeXT-Video: LLaVA-NeXT's anyres images plus videos whose frames are average-
+pooled 2×2 on the vision grid (576 → 144 tokens per frame at 336 px), no newlines."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import processing as px
+from ..errors import ModelError
+from .base import MediaInput
+from .llava_next import LlavaNext
+
+
+class LlavaNextVideo(LlavaNext):
+    name = "llava_next_video"
+    title = "LLaVA-NeXT-Video"
+    model_types = ("llava_next_video",)
+    architectures = ("LlavaNextVideoForConditionalGeneration",)
+    defaults = {**LlavaNext.defaults, "image_token_index": 32001, "video_token_index": 32000,
+                "spatial_pool_mode": "average", "spatial_pool_stride": 2}
+
+    def __init__(self, checkpoint) -> None:
+        super().__init__(checkpoint)
+        mode = self.config.get("spatial_pool_mode", "average")
+        if mode not in ("average", "max"):
+            raise ModelError(f"unsupported spatial_pool_mode '{mode}' (supported: average, max)")
+        self.pool_mode = mode
+        self.pool_stride = int(self.config.get("spatial_pool_stride", 2))
+        tile = self.vision_config.image_size
+        # Frames: shortest edge → tile, centre crop, no anyres.
+        self.video_pixels = px.PixelConfig.from_dict(
+            {k: v for k, v in checkpoint.preprocessor.items() if k != "image_grid_pinpoints"},
+            default_size=tile)
+
+    def token_ids(self) -> dict[str, int]:
+        return {"image": int(self.config["image_token_index"]),
+                "video": int(self.config["video_token_index"])}
+
+    @property
+    def tokens_per_frame(self) -> int:
+        pooled = self.vision_config.grid // self.pool_stride
+        return pooled * pooled
+
+    def prepare_video(self, frames: np.ndarray) -> MediaInput:
+        pixels = torch.from_numpy(np.stack([px.standard_view(f, self.video_pixels) for f in frames]))
+        return MediaInput("video", pixels, self.tokens_per_frame * len(frames),
+                          self.token_ids()["video"], tuple(frames.shape[1:3]))
+
+    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
+        if item.kind == "image":
+            return self.encode_anyres(model, item)
+        tower = model.vision
+        features = self.select_features(tower(item.pixels.to(tower.patch_embed.weight.device)))
+        frames, tokens, hidden = features.shape
+        grid = self.vision_config.grid
+        if tokens != grid * grid:
+            raise ModelError(f"{self.title} video pooling needs the class token dropped "
+                             f"(vision_feature_select_strategy 'default')")
+        fmap = features.transpose(1, 2).reshape(frames, hidden, grid, grid)
+        pool = F.avg_pool2d if self.pool_mode == "average" else F.max_pool2d
+        fmap = pool(fmap, kernel_size=self.pool_stride, stride=self.pool_stride)
+        pooled = fmap.flatten(2).transpose(1, 2)  # (frames, pooled tokens, vision hidden)
+        return model.projector(pooled).reshape(-1, model.projector.fc2.out_features)

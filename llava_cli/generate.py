@@ -1,0 +1,125 @@
+"""Decoding: samplers, stop rules and the prefill/decode loop over a TextModel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .errors import UsageError
+from .nn.text import TextModel
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Resolved decoding settings: greedy when ``temperature`` is 0."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @classmethod
+    def resolve(cls, generation_config: dict, *, max_new_tokens: int | None = None,
+                temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                seed: int | None = None) -> "Sampling":
+        """Flags win; otherwise the checkpoint's generation_config decides.
+
+        The checkpoint samples only if it says ``do_sample: true``; a temperature given
+        on the command line turns sampling on (>0) or forces greedy (0), as in llama.cpp
+        and ollama.
+        """
+        gc = generation_config
+        if temperature is None:
+            temperature = float(gc.get("temperature", 1.0)) if gc.get("do_sample") else 0.0
+        if temperature < 0:
+            raise UsageError("--temperature must be >= 0")
+        if top_p is None:
+            top_p = float(gc.get("top_p", 1.0)) if gc.get("do_sample") else 1.0
+        if not 0 < top_p <= 1:
+            raise UsageError("--top-p must be in (0, 1]")
+        if top_k is None:
+            top_k = int(gc.get("top_k", 0) or 0) if gc.get("do_sample") else 0
+        if top_k < 0:
+            raise UsageError("--top-k must be >= 0")
+        if max_new_tokens is None:
+            max_new_tokens = int(gc.get("max_new_tokens", 512) or 512)
+        if max_new_tokens < 1:
+            raise UsageError("--max-new-tokens must be >= 1")
+        return cls(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+
+
+class Sampler:
+    """logits (vocab,) → token id, by the rules in ``Sampling``."""
+
+    def __init__(self, sampling: Sampling, device: torch.device) -> None:
+        self.sampling = sampling
+        self.generator = None
+        if not sampling.greedy:
+            self.generator = torch.Generator(device=device)
+            if sampling.seed is not None:
+                self.generator.manual_seed(sampling.seed)
+            else:
+                self.generator.seed()
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        s = self.sampling
+        if s.greedy:
+            return int(torch.argmax(logits))
+        # Same order as the reference's logits processors: temperature, top-k, top-p.
+        scores = logits.float() / s.temperature
+        if s.top_k and s.top_k < scores.numel():
+            kth = torch.topk(scores, s.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if s.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=False)
+            cumulative = sorted_scores.softmax(-1).cumsum(-1)
+            drop = cumulative <= (1 - s.top_p)
+            drop[-1] = False  # always keep the most likely token
+            scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+        probs = scores.softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def eos_ids(*sources: object) -> frozenset[int]:
+    """Collect stop ids from generation_config / config values (int or list)."""
+    ids: set[int] = set()
+    for value in sources:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+@torch.inference_mode()
+def decode_loop(text: TextModel, embeds: torch.Tensor, sampling: Sampling, stop: Sequence[int] | frozenset[int],
+                *, start: int = 0, max_positions: int | None = None) -> Iterator[int]:
+    """Prefill ``embeds`` (1, L, hidden) at ``start``, then yield tokens until a stop id.
+
+    The stop token itself is not yielded. The KV cache must already hold room for
+    ``start + L + max_new_tokens`` positions (``TextModel.setup_cache``).
+    """
+    sampler = Sampler(sampling, embeds.device)
+    length = embeds.shape[1]
+    logits = text(embeds, start=start)[0, -1]
+    position = start + length
+    limit = sampling.max_new_tokens
+    if max_positions is not None:
+        limit = min(limit, max_positions - position)
+    for step in range(limit):
+        token = sampler(logits)
+        if token in stop:
+            return
+        yield token
+        if step == limit - 1:
+            return
+        token_embed = text.embed(torch.tensor([[token]], device=embeds.device))
+        logits = text(token_embed, start=position)[0, -1]
+        position += 1

@@ -1,0 +1,261 @@
+"""One decoder-only transformer for every LLaVA backbone (Llama/Vicuna, Mistral, Yi,
+Llama-3, Qwen1.5/Qwen2), with backbone quirks as config flags rather than classes.
+
+Shapes at the boundary: token embeddings ``(batch, seq, hidden)`` in, logits
+``(batch, seq, vocab)`` out. The KV cache is a preallocated buffer owned by the model
+(``setup_cache``) and addressed by an explicit ``start`` position, so prefill and decode
+are the same call with different lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from .attention import attend
+
+# Values that apply when a hub config leaves a key out (the hub files store only the
+# keys that differ from their class defaults).
+_TEXT_DEFAULTS = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, rms_norm_eps=1e-6, rope_theta=10000.0,
+                  max_position_embeddings=2048, attention_bias=False, sliding_window=None),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-6, rope_theta=10000.0,
+                    max_position_embeddings=4096 * 32, attention_bias=False, sliding_window=4096),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-6, rope_theta=10000.0,
+                  max_position_embeddings=32768, attention_bias=True, sliding_window=None),
+}
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_linear_factor: float = 1.0  # linear RoPE scaling: position t → t / factor
+    max_position_embeddings: int = 4096
+    qkv_bias: bool = False  # Qwen1.5/Qwen2
+    tie_word_embeddings: bool = False
+    sliding_window: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_hf(cls, raw: dict, *, tie_word_embeddings: bool | None = None) -> "TextConfig":
+        model_type = raw.get("model_type", "llama")
+        if model_type not in _TEXT_DEFAULTS:
+            raise ModelError(f"unsupported language model type '{model_type}' "
+                             f"(supported: {', '.join(sorted(_TEXT_DEFAULTS))})")
+        merged = {**_TEXT_DEFAULTS[model_type], **{k: v for k, v in raw.items() if v is not None
+                                                   or k == "sliding_window"}}
+        heads = int(merged["num_attention_heads"])
+        hidden = int(merged["hidden_size"])
+        kv_heads = merged.get("num_key_value_heads") or heads
+        head_dim = merged.get("head_dim") or hidden // heads
+        theta, factor = _rope_settings(raw, float(merged["rope_theta"]))
+        sliding = merged.get("sliding_window")
+        if model_type == "qwen2" and not raw.get("use_sliding_window", False):
+            sliding = None
+        tie = raw.get("tie_word_embeddings", False) if tie_word_embeddings is None else tie_word_embeddings
+        return cls(
+            vocab_size=int(merged["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(merged["intermediate_size"]),
+            num_layers=int(merged["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(kv_heads),
+            head_dim=int(head_dim),
+            rms_norm_eps=float(merged["rms_norm_eps"]),
+            rope_theta=theta,
+            rope_linear_factor=factor,
+            max_position_embeddings=int(merged["max_position_embeddings"]),
+            qkv_bias=bool(merged.get("attention_bias", False)),
+            tie_word_embeddings=bool(tie),
+            sliding_window=int(sliding) if sliding else None,
+        )
+
+
+def _rope_settings(raw: dict, theta: float) -> tuple[float, float]:
+    """(rope_theta, linear factor) from either config form.
+
+    Older configs keep ``rope_theta`` and ``rope_scaling`` at the top level; newer ones
+    put both in ``rope_parameters``. Stray top-level ``factor``/``type`` keys (the first
+    LLaVA-NeXT-Video upload) are not a scaling setting and are ignored, as the reference
+    ignores them.
+    """
+    params = raw.get("rope_parameters")
+    scaling = raw.get("rope_scaling")
+    if isinstance(params, dict):
+        theta = float(params.get("rope_theta", theta))
+        scaling = params
+    if not scaling:
+        return theta, 1.0
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return theta, 1.0
+    if kind == "linear":
+        return theta, float(scaling["factor"])
+    raise ModelError(f"unsupported RoPE scaling type '{kind}' (supported: linear)")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the weights' dtype, then cast back before the
+        # scale: the order the reference uses, which matters in half precision.
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding in the half-split layout (first half, second half)."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.head_dim = cfg.head_dim
+        self.theta = cfg.rope_theta
+        self.factor = cfg.rope_linear_factor
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device=None) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        return 1.0 / (self.theta ** exponents) / self.factor
+
+    def reset(self, device: torch.device) -> None:
+        """Recompute the frequencies (after meta-device construction) on ``device``."""
+        self.inv_freq = self._inv_freq(device)
+
+    def set_linear_factor(self, factor: float) -> None:
+        self.factor = factor
+        self.inv_freq = self._inv_freq(self.inv_freq.device)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (seq, head_dim/2)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
+        self.q = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.k_cache: torch.Tensor | None = None  # (batch, kv_heads, capacity, head_dim)
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
+                backend: str) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if self.k_cache is not None:
+            end = start + seq
+            self.k_cache[:, :, start:end] = k
+            self.v_cache[:, :, start:end] = v
+            k, v = self.k_cache[:, :, :end], self.v_cache[:, :, :end]
+        out = attend(q, k, v, start=start, backend=backend)  # (batch, heads, seq, head_dim)
+        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, start: int, backend: str) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, start, backend)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TextModel(nn.Module):
+    """Embeddings → blocks → norm → LM head."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = Rotary(cfg)
+        self.attn_backend = "sdpa"
+        self.cache_capacity = 0
+
+    def setup_cache(self, capacity: int, batch: int = 1) -> None:
+        """Allocate (or reuse) a KV buffer that holds ``capacity`` positions."""
+        if capacity <= self.cache_capacity and self.layers[0].attn.k_cache is not None \
+                and self.layers[0].attn.k_cache.shape[0] == batch:
+            return
+        ref = self.embed.weight
+        shape = (batch, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
+        for block in self.layers:
+            block.attn.k_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+            block.attn.v_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+        self.cache_capacity = capacity
+
+    def drop_cache(self) -> None:
+        for block in self.layers:
+            block.attn.k_cache = block.attn.v_cache = None
+        self.cache_capacity = 0
+
+    def forward(self, embeds: torch.Tensor, start: int = 0, last_only: bool = True) -> torch.Tensor:
+        """embeds (batch, seq, hidden) at positions start…start+seq-1 → logits.
+
+        With ``last_only`` only the final position goes through the LM head: the only
+        logits generation needs, and the head is the largest matrix in small models.
+        """
+        seq = embeds.shape[1]
+        if self.cache_capacity and start + seq > self.cache_capacity:
+            raise ModelError(f"KV cache holds {self.cache_capacity} positions, asked for {start + seq}")
+        positions = torch.arange(start, start + seq, device=embeds.device)
+        cos, sin = self.rotary(positions, embeds.dtype)
+        x = embeds
+        for block in self.layers:
+            x = block(x, cos, sin, start, self.attn_backend)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x))
