@@ -1,0 +1,138 @@
+"""Commands only: parse options, call the engine, print. No model logic here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+import click
+import typer
+
+from . import __version__
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, LlavaError, UsageError
+from .render import AnswerWriter, Notices
+
+app = typer.Typer(
+    name="llava",
+    help="Ask LLaVA-family vision-language models about videos and images, on your own machine.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llava {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Ask LLaVA-family vision-language models about videos and images."""
+
+
+@app.command()
+def ask(
+    args: List[str] = typer.Argument(..., metavar="[MEDIA]... QUESTION",
+                                     help="Image or video files, then the question (last)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", envvar="LLAVA_MODEL",
+                                        help="Model folder in the Hugging Face layout. [env: LLAVA_MODEL]"),
+    frames: int = typer.Option(8, "--frames", "-f", min=1, help="Frames sampled uniformly from each video."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n",
+                                                 help="Stop after this many answer tokens. [default: 512]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t",
+                                                help="0 = greedy; > 0 samples. [default: the checkpoint's]"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16 or bfloat16."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    """Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA."""
+    from .engine import Engine
+    from .media import load_media
+
+    *media_paths, question = args
+    if not question.strip():
+        raise UsageError("the question is empty")
+    if not model:
+        raise UsageError("no model given: pass --model FOLDER (or set LLAVA_MODEL)")
+    notices = Notices()
+    media = []
+    for path in media_paths:
+        item = load_media(path, num_frames=frames)
+        for note in item.notices:
+            notices.warn(note)
+        media.append(item)
+    with notices.status("loading model…"):
+        engine = Engine.load(model, device=device, dtype=dtype)
+    sampling = engine.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               top_k=top_k, seed=seed)
+    prepared = engine.prepare(media, question, system=system)
+    writer = AnswerWriter()
+    try:
+        for piece in engine.stream(prepared, sampling):
+            writer.write(piece)
+    finally:
+        writer.end()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn every failure into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("LLAVA_DEBUG"))
+    notices = Notices()
+    try:
+        app(args=argv, prog_name="llava", standalone_mode=False)
+        code = 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.UsageError as exc:
+        message = exc.format_message().splitlines()[0] if exc.format_message() else "bad usage"
+        notices.error(f"{message} (see 'llava {exc.ctx.command.name if exc.ctx else ''} --help')".replace("  ", " "))
+        code = EXIT_USAGE
+    except click.ClickException as exc:
+        notices.error(exc.format_message())
+        code = exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        notices.error("interrupted")
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`llava ask … | head`): stop quietly like other filters.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141
+    except LlavaError as exc:
+        if debug:
+            traceback.print_exc()
+        notices.error(exc.message)
+        code = exc.exit_code
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        notices.error("out of memory: try fewer --frames, a smaller model, or --dtype float16")
+        code = EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
+        if debug:
+            traceback.print_exc()
+        if exc.__class__.__name__ == "OutOfMemoryError":
+            notices.error("out of GPU memory: try fewer --frames, a smaller model, or --device cpu")
+        else:
+            notices.error(f"internal error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                          " (run with --debug for the traceback)")
+        code = EXIT_ERROR
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
