@@ -34,6 +34,14 @@ SIZES = {
 
 
 def peak_rss_mb() -> float:
+    """This process's high-water RSS. /proc's VmHWM belongs to the process image;
+    ru_maxrss survives exec and would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

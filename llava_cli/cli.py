@@ -7,7 +7,6 @@ import sys
 import traceback
 from typing import List, Optional
 
-import click
 import typer
 
 from . import __version__
@@ -87,24 +86,23 @@ def ask(
         writer.end()
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    # Typer raises click's exception classes (vendored since typer 0.2x): match by shape
+    # so that any typer release works without importing click ourselves.
+    return any(cls.__name__ == "UsageError" for cls in type(exc).__mro__)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every failure into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("LLAVA_DEBUG"))
     notices = Notices()
     try:
-        app(args=argv, prog_name="llava", standalone_mode=False)
-        code = 0
-    except click.exceptions.Exit as exc:
+        result = app(args=argv, prog_name="llava", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.UsageError as exc:
-        message = exc.format_message().splitlines()[0] if exc.format_message() else "bad usage"
-        notices.error(f"{message} (see 'llava {exc.ctx.command.name if exc.ctx else ''} --help')".replace("  ", " "))
-        code = EXIT_USAGE
-    except click.ClickException as exc:
-        notices.error(exc.format_message())
-        code = exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         notices.error("interrupted")
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -123,14 +121,23 @@ def main(argv: list[str] | None = None) -> None:
         notices.error("out of memory: try fewer --frames, a smaller model, or --dtype float16")
         code = EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
-        if debug:
-            traceback.print_exc()
-        if exc.__class__.__name__ == "OutOfMemoryError":
-            notices.error("out of GPU memory: try fewer --frames, a smaller model, or --device cpu")
+        if _is_usage_error(exc):
+            if type(exc).__name__ != "NoArgsIsHelpError":  # help was printed already
+                command = getattr(getattr(exc, "ctx", None), "command_path", "llava")
+                notices.error(f"{exc.format_message()} (see '{command} --help')")
+            code = EXIT_USAGE
+        elif hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            notices.error(exc.format_message())
+            code = exc.exit_code
         else:
-            notices.error(f"internal error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                          " (run with --debug for the traceback)")
-        code = EXIT_ERROR
+            if debug:
+                traceback.print_exc()
+            if exc.__class__.__name__ == "OutOfMemoryError":
+                notices.error("out of GPU memory: try fewer --frames, a smaller model, or --device cpu")
+            else:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                notices.error(f"internal error: {exc.__class__.__name__}: {first} (run with --debug for the traceback)")
+            code = EXIT_ERROR
     sys.exit(code)
 
 

@@ -20,7 +20,8 @@ from .families import Family, MediaInput, family_for
 from .generate import Sampling, decode_loop, eos_ids
 from .loading import Checkpoint, load_weights, resolve_device, resolve_dtype
 from .media import Media
-from .prompt import BUILTIN_TEMPLATES, build_messages, expand_placeholders, load_chat_template, render_chat
+from .prompt import (BUILTIN_TEMPLATES, build_messages, compile_chat_template, expand_placeholders,
+                     load_chat_template, render_compiled)
 from .tokenizer import Tokenizer
 
 
@@ -53,6 +54,10 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
+        self._compiled_template = compile_chat_template(template)
+        # apply_chat_template hands templates the tokenizer's special tokens; some use them.
+        self._template_vars = {k: v for k, v in (("bos_token", tokenizer.bos_token),
+                                                 ("eos_token", tokenizer.eos_token)) if v is not None}
         self.device = device
         self.dtype = dtype
         self.timings = Timings()
@@ -97,14 +102,15 @@ class Engine:
         items = [self.family.prepare_image(m.frames[0]) if m.kind == "image" else self.family.prepare_video(m.frames)
                  for m in media]
         messages = build_messages(question, [m.kind for m in media], system)
-        text = render_chat(self.template, messages, add_generation_prompt=True)
+        text = render_compiled(self._compiled_template, messages, add_generation_prompt=True, **self._template_vars)
         ids = self.tokenizer.encode(text)
         counts: dict[int, list[int]] = {}
         for token_id in self.family.token_ids().values():
             counts[token_id] = []
         for item in items:
             counts[item.placeholder_id].append(item.num_tokens)
-        ids = expand_placeholders(ids, counts)
+        names = {token_id: f"<{kind}>" for kind, token_id in self.family.token_ids().items()}
+        ids = expand_placeholders(ids, counts, names)
         limit = self.family.text_config.max_position_embeddings
         if len(ids) >= limit:
             raise PromptError(f"the prompt is {len(ids)} tokens, more than the model's context of {limit}")

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .attention import attend
+from .text import uninitialized_embedding
 
 _VISION_DEFAULTS = {
     "clip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -117,7 +118,7 @@ class VisionTower(nn.Module):
         clip = cfg.has_class_token
         self.patch_embed = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=not clip)
         positions = cfg.grid ** 2 + (1 if clip else 0)
-        self.pos_embed = nn.Embedding(positions, cfg.hidden_size)
+        self.pos_embed = uninitialized_embedding(positions, cfg.hidden_size)
         self.class_embed = nn.Parameter(torch.zeros(cfg.hidden_size)) if clip else None
         self.pre_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if clip else None
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.layers_needed(feature_layer)))
