@@ -99,8 +99,7 @@ class Engine:
 
     # -- prompt ------------------------------------------------------------------------
     def prepare(self, media: Sequence[Media], question: str, system: str | None = None) -> Prepared:
-        items = [self.family.prepare_image(m.frames[0]) if m.kind == "image" else self.family.prepare_video(m.frames)
-                 for m in media]
+        items = self.family.prepare(media)
         messages = build_messages(question, [m.kind for m in media], system)
         text = render_compiled(self._compiled_template, messages, add_generation_prompt=True, **self._template_vars)
         ids = self.tokenizer.encode(text)

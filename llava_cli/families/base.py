@@ -8,7 +8,7 @@ of that length. The engine splices the embeddings in at the placeholder ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..loading import Checkpoint
+from ..media import Media
 from ..nn.projector import Projector
 from ..nn.text import TextConfig, TextModel
 from ..nn.vision import VisionConfig, VisionTower
@@ -91,6 +92,12 @@ class Family:
         raise NotImplementedError
 
     # -- media -------------------------------------------------------------------------
+    def prepare(self, media: Sequence[Media]) -> list[MediaInput]:
+        """All media of one prompt, in order. Families whose image path depends on how
+        many images a prompt has (OneVision) override this."""
+        return [self.prepare_image(m.frames[0]) if m.kind == "image" else self.prepare_video(m.frames)
+                for m in media]
+
     def prepare_image(self, image: np.ndarray) -> MediaInput:
         raise ModelError(f"{self.title} does not take images")
 
