@@ -40,11 +40,15 @@ def _root(
 
 @app.command()
 def ask(
-    args: List[str] = typer.Argument(..., metavar="[MEDIA]... QUESTION",
-                                     help="Image or video files, then the question (last)."),
+    media_paths: Optional[List[str]] = typer.Argument(None, metavar="MEDIA", show_default=False,
+                                                      help="Image and video files, in prompt order."),
+    question: str = typer.Argument(..., metavar="QUESTION", show_default=False, help="The question."),
     model: Optional[str] = typer.Option(None, "--model", "-m", envvar="LLAVA_MODEL",
-                                        help="Model folder in the Hugging Face layout. [env: LLAVA_MODEL]"),
-    frames: int = typer.Option(8, "--frames", "-f", min=1, help="Frames sampled uniformly from each video."),
+                                        help="Model folder in the Hugging Face layout."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1,
+                                         help="Frames sampled uniformly from each video. [default: 8]"),
+    long_video: bool = typer.Option(False, "--long-video",
+                                    help="If the prompt exceeds the context, stretch RoPE to fit it."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n",
                                                  help="Stop after this many answer tokens. [default: 512]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t",
@@ -59,14 +63,20 @@ def ask(
 ) -> None:
     """Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA."""
     from .engine import Engine
+    from .families import family_for
+    from .loading import Checkpoint
     from .media import load_media
 
-    *media_paths, question = args
+    media_paths = media_paths or []
     if not question.strip():
         raise UsageError("the question is empty")
     if not model:
         raise UsageError("no model given: pass --model FOLDER (or set LLAVA_MODEL)")
     notices = Notices()
+    # The family (from config.json alone) decides the frame count before any decoding.
+    checkpoint = Checkpoint.open(model)
+    family = family_for(checkpoint)
+    frames = _frames_for(family, frames, notices, has_video=bool(media_paths))
     media = []
     for path in media_paths:
         item = load_media(path, num_frames=frames)
@@ -74,16 +84,30 @@ def ask(
             notices.warn(note)
         media.append(item)
     with notices.status("loading model…"):
-        engine = Engine.load(model, device=device, dtype=dtype)
+        engine = Engine.load(checkpoint, family=family, device=device, dtype=dtype)
     sampling = engine.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                top_k=top_k, seed=seed)
-    prepared = engine.prepare(media, question, system=system)
+    prepared = engine.prepare(media, question, system=system, long_video=long_video)
+    if prepared.rope_factor != engine.family.text_config.rope_linear_factor:
+        notices.warn(f"--long-video: RoPE stretched to linear factor {prepared.rope_factor:g} "
+                     f"for {len(prepared.input_ids)} prompt tokens")
     writer = AnswerWriter()
     try:
         for piece in engine.stream(prepared, sampling):
             writer.write(piece)
     finally:
         writer.end()
+
+
+def _frames_for(family, frames: int | None, notices: Notices, has_video: bool) -> int:
+    """--frames if given, else the family's default; warn when a family trained on a
+    fixed count (Video-LLaVA: 8) is asked for another."""
+    if frames is None:
+        return family.trained_frames or family.default_frames
+    if has_video and family.trained_frames and frames != family.trained_frames:
+        notices.warn(f"{family.title} was trained on {family.trained_frames} frames per video; "
+                     f"{frames} may give worse answers")
+    return frames
 
 
 def _is_usage_error(exc: BaseException) -> bool:

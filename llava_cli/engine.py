@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ class Prepared:
     input_ids: list[int]
     items: list[MediaInput]
     media: list[Media] = field(default_factory=list)
+    rope_factor: float = 1.0  # linear RoPE factor this prompt runs with
+    context: int = 0  # positions available to prompt + answer
 
 
 @dataclass
@@ -69,11 +72,12 @@ class Engine:
         self._check_placeholders()
 
     @classmethod
-    def load(cls, folder: str | Path, *, device: str | None = None, dtype: str | None = None,
-             attn: str = "sdpa") -> "Engine":
+    def load(cls, folder: str | Path | Checkpoint, *, device: str | None = None, dtype: str | None = None,
+             attn: str = "sdpa", family: Family | None = None) -> "Engine":
+        """Load a model folder (or an already opened Checkpoint and its Family)."""
         started = time.perf_counter()
-        checkpoint = Checkpoint.open(folder)
-        family = family_for(checkpoint)
+        checkpoint = folder if isinstance(folder, Checkpoint) else Checkpoint.open(folder)
+        family = family or family_for(checkpoint)
         tokenizer = Tokenizer.from_folder(checkpoint.folder)
         template = load_chat_template(checkpoint.folder) or BUILTIN_TEMPLATES[family.builtin_template]
         torch_device = resolve_device(device)
@@ -98,7 +102,8 @@ class Engine:
                 raise ModelError(f"tokenizer maps <{kind}> to {found}, but config.json expects {token_id}")
 
     # -- prompt ------------------------------------------------------------------------
-    def prepare(self, media: Sequence[Media], question: str, system: str | None = None) -> Prepared:
+    def prepare(self, media: Sequence[Media], question: str, system: str | None = None, *,
+                long_video: bool = False) -> Prepared:
         items = self.family.prepare(media)
         messages = build_messages(question, [m.kind for m in media], system)
         text = render_compiled(self._compiled_template, messages, add_generation_prompt=True, **self._template_vars)
@@ -110,10 +115,44 @@ class Engine:
             counts[item.placeholder_id].append(item.num_tokens)
         names = {token_id: f"<{kind}>" for kind, token_id in self.family.token_ids().items()}
         ids = expand_placeholders(ids, counts, names)
-        limit = self.family.text_config.max_position_embeddings
-        if len(ids) >= limit:
-            raise PromptError(f"the prompt is {len(ids)} tokens, more than the model's context of {limit}")
-        return Prepared(text=text, input_ids=ids, items=items, media=list(media))
+        prepared = Prepared(text=text, input_ids=ids, items=items, media=list(media),
+                            rope_factor=self.family.text_config.rope_linear_factor,
+                            context=self.family.text_config.max_position_embeddings)
+        self._fit_context(prepared, long_video)
+        return prepared
+
+    def _fit_context(self, prepared: Prepared, long_video: bool) -> None:
+        """Leave room for at least one answer token, or say what would fit.
+
+        ``long_video`` stretches the context instead, as the LLaVA-NeXT-Video authors do
+        for long videos: positions are compressed by k = ceil(tokens / context) on top of
+        the checkpoint's own linear factor, and the context grows k times.
+        """
+        needed, context = len(prepared.input_ids) + 1, prepared.context
+        if needed <= context:
+            return
+        if long_video:
+            stretch = math.ceil(needed / context)
+            prepared.rope_factor *= stretch
+            prepared.context = context * stretch
+            return
+        message = f"the prompt needs {needed - 1} tokens but the model's context is {context}"
+        videos = [item for item in prepared.items if item.kind == "video"]
+        if videos:
+            fixed = len(prepared.input_ids) - sum(v.num_tokens for v in videos)
+            most = max(v.pixels.shape[0] for v in videos)
+            fit = max((f for f in range(1, most + 1)
+                       if fixed + len(videos) * self.family.video_tokens(f) + 1 <= context), default=0)
+            if fit:
+                raise PromptError(f"{message}: at most {fit} frames per video fit (use --frames {fit}), "
+                                  f"or pass --long-video to stretch the context")
+            raise PromptError(f"{message}, even with one frame per video; pass --long-video to stretch it")
+        raise PromptError(f"{message}; use a shorter question or fewer images")
+
+    def _use_rope(self, prepared: Prepared) -> None:
+        rotary = self.model.text.rotary
+        if rotary.factor != prepared.rope_factor:
+            rotary.set_linear_factor(prepared.rope_factor)
 
     # -- model -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -139,6 +178,7 @@ class Engine:
     def logits(self, prepared: Prepared) -> torch.Tensor:
         """Next-token logits after the whole prompt: (vocab,) float32."""
         self.model.text.drop_cache()
+        self._use_rope(prepared)
         return self.model.text(self.embed(prepared))[0, -1].float()
 
     def sampling(self, **overrides) -> Sampling:
@@ -148,8 +188,8 @@ class Engine:
         """Token ids of the answer, as they are produced (stop token excluded)."""
         embeds = self.embed(prepared)
         text = self.model.text
-        limit = self.family.text_config.max_position_embeddings
-        capacity = min(embeds.shape[1] + sampling.max_new_tokens, limit)
+        self._use_rope(prepared)
+        capacity = min(embeds.shape[1] + sampling.max_new_tokens, prepared.context)
         text.setup_cache(capacity)
         self.timings.prompt_tokens = embeds.shape[1]
         self.timings.answer_tokens = 0

@@ -64,6 +64,7 @@ class Family:
     architectures: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[dict] = {}
     default_frames: ClassVar[int] = 8
+    trained_frames: ClassVar[int | None] = None  # a family trained on exactly this many frames
     builtin_template: ClassVar[str] = "vicuna"
 
     def __init__(self, checkpoint: Checkpoint) -> None:
@@ -107,6 +108,10 @@ class Family:
     def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
         """MediaInput → (num_tokens, text_hidden) embeddings."""
         raise NotImplementedError
+
+    def video_tokens(self, num_frames: int) -> int:
+        """Placeholder tokens a video of ``num_frames`` frames expands to."""
+        raise ModelError(f"{self.title} does not take videos")
 
     # -- helpers -----------------------------------------------------------------------
     def select_features(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -44,9 +44,12 @@ class LlavaNextVideo(LlavaNext):
         pooled = self.vision_config.grid // self.pool_stride
         return pooled * pooled
 
+    def video_tokens(self, num_frames: int) -> int:
+        return self.tokens_per_frame * num_frames
+
     def prepare_video(self, frames: np.ndarray) -> MediaInput:
         pixels = torch.from_numpy(np.stack([px.standard_view(f, self.video_pixels) for f in frames]))
-        return MediaInput("video", pixels, self.tokens_per_frame * len(frames),
+        return MediaInput("video", pixels, self.video_tokens(len(frames)),
                           self.token_ids()["video"], tuple(frames.shape[1:3]))
 
     def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:

@@ -1,0 +1,736 @@
+#!/usr/bin/env python3
+"""Generate the man page and the shell completion scripts from the live Typer app.
+
+    python scripts/gen_docs.py          # (re)write man/llava.1 and completions/*
+    python scripts/gen_docs.py --check  # exit 1 and list stale files, write nothing
+
+Everything about commands, options, arguments, defaults and environment variables is read
+from `llava_cli.cli.app` (through `typer.main.get_command`), the exit codes from the EXIT_*
+constants in `llava_cli/errors.py`, and the environment variables from the option `envvar`s
+plus the `os.environ`/`os.getenv` reads in the package source. The few things the app cannot
+say (value names, value completions, prose) live in the tables below; each table entry is
+checked against the app, so a renamed or removed option makes this script fail instead of
+writing stale docs. The output is deterministic: no dates, only `llava_cli.__version__`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import pathlib
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import typer  # noqa: E402
+
+import llava_cli  # noqa: E402
+from llava_cli import errors  # noqa: E402
+from llava_cli.cli import app  # noqa: E402
+
+PROG = "llava"
+MAN_PATH = "man/llava.1"
+BASH_PATH = "completions/llava.bash"
+ZSH_PATH = "completions/_llava"
+FISH_PATH = "completions/llava.fish"
+
+# --------------------------------------------------------------------------- hand-kept tables
+# Each key must name a live option (checked in `collect`).
+
+# Placeholder shown after an option that takes a value (else derived from its type).
+VALUE_NAMES: Dict[str, str] = {
+    "--model": "PATH",
+    "--frames": "N",
+    "--max-new-tokens": "N",
+    "--temperature": "T",
+    "--top-p": "P",
+    "--top-k": "K",
+    "--seed": "S",
+    "--device": "DEVICE",
+    "--dtype": "DTYPE",
+    "--system": "TEXT",
+}
+
+# How shells complete an option's value: ("choices", [...]), ("dirs",) or ("files",).
+# Options not listed (and without an Enum/Path type) take free text: nothing is offered.
+VALUE_COMPLETIONS: Dict[str, tuple] = {
+    "--model": ("dirs",),
+    "--device": ("choices", ["auto", "cpu", "cuda", "mps"]),
+    "--dtype": ("choices", ["auto", "float32", "float16", "bfloat16"]),
+}
+
+# How shells complete positional arguments, per command (default: files).
+POSITIONAL_COMPLETIONS: Dict[str, str] = {
+    "ask": "files",  # [MEDIA]... are image and video files; QUESTION is free text
+}
+
+# Environment variables the package reads; the generator fails on one missing here.
+ENV_DOCS: Dict[str, str] = {
+    "LLAVA_MODEL": "Model folder used when \\fB\\-\\-model\\fR is not given.",
+    "LLAVA_DEBUG": "When set to a non-empty value, errors are printed with their traceback, "
+                   "as with \\fB\\-\\-debug\\fR.",
+}
+
+# Exit codes, keyed by the EXIT_* constant in llava_cli/errors.py (fails on a missing one).
+EXIT_DOCS: Dict[str, str] = {
+    "EXIT_OK": "Success.",
+    "EXIT_ERROR": "An error: bad input (missing, unreadable or corrupt media), a bad or "
+                  "unsupported model folder, or a runtime failure. One line is printed on "
+                  "standard error.",
+    "EXIT_USAGE": "Bad command-line usage (unknown option, missing argument, no model given, "
+                  "empty question).",
+    "EXIT_PARTIAL": "Some inputs failed. Reserved for the planned \\fBllava batch\\fR command; "
+                    "no current command exits with it.",
+    "EXIT_INTERRUPTED": "Interrupted (Ctrl-C).",
+}
+# Codes the CLI returns that are not EXIT_* constants (see llava_cli/cli.py:main).
+EXTRA_EXITS: List[Tuple[int, str]] = [
+    (141, "The reader of standard output went away (broken pipe, as in "
+          "\\fBllava ask ... | head\\fR); llava stops quietly, like other filters."),
+]
+
+EXAMPLES: List[Tuple[str, str]] = [
+    ("Ask about a video clip:",
+     'llava ask --model ./LLaVA-NeXT-Video-7B-hf clip.mp4 "why is this funny?"'),
+    ("Sample 16 frames and sample the answer instead of greedy decoding:",
+     'llava ask -m ./LLaVA-NeXT-Video-7B-hf --frames 16 --temperature 0.7 --seed 1 '
+     'talk.mkv "summarize"'),
+    ("A text-only question (no media), with the model taken from the environment:",
+     'export LLAVA_MODEL=./LLaVA-NeXT-Video-7B-hf\nllava ask "what is a llava?"'),
+    ("Save the answer to a file; notices still go to standard error:",
+     'llava ask -m ./LLaVA-NeXT-Video-7B-hf clip.mp4 "one-line caption" > caption.txt'),
+]
+
+
+# --------------------------------------------------------------------------- model of the CLI
+@dataclass
+class Opt:
+    names: List[str]  # e.g. ["-m", "--model"], short first
+    help: str
+    takes_value: bool
+    value_name: str = ""
+    default: Optional[str] = None  # rendered default, None when there is none to show
+    envvar: Optional[str] = None
+    required: bool = False
+    multiple: bool = False
+    min: Optional[object] = None
+    max: Optional[object] = None
+    completion: tuple = ()  # ("choices", [...]) | ("dirs",) | ("files",) | ()
+
+    @property
+    def long(self) -> str:
+        longs = [n for n in self.names if n.startswith("--")]
+        return longs[0] if longs else self.names[0]
+
+
+@dataclass
+class Arg:
+    name: str
+    metavar: str
+    help: str
+    required: bool
+    variadic: bool
+
+
+@dataclass
+class Cmd:
+    name: str  # "" for the root
+    help: str
+    options: List[Opt] = field(default_factory=list)
+    arguments: List[Arg] = field(default_factory=list)
+    positional_completion: str = "files"
+
+    @property
+    def summary(self) -> str:
+        first = self.help.strip().split("\n\n")[0].replace("\n", " ").strip()
+        return first
+
+    def usage(self) -> str:
+        parts = [PROG] + ([self.name] if self.name else []) + ["[OPTIONS]"]
+        parts += [a.metavar for a in self.arguments]
+        return " ".join(parts)
+
+
+_BRACKET = re.compile(r"\s*\[(default|env|env var):\s*([^\]]*)\]")
+
+
+def _split_help(text: str) -> Tuple[str, Dict[str, str]]:
+    """Strip '[default: X]' / '[env: X]' notes from help text; return them separately."""
+    notes: Dict[str, str] = {}
+    for match in _BRACKET.finditer(text):
+        notes[match.group(1)] = match.group(2).strip()
+    return _BRACKET.sub("", text).strip(), notes
+
+
+def _annotation(param) -> object:
+    descriptor = getattr(param, "type_descriptor", None)
+    return getattr(descriptor, "annotation", None)
+
+
+def _value_name(param, long: str) -> str:
+    if long in VALUE_NAMES:
+        return VALUE_NAMES[long]
+    if getattr(param, "metavar", None):
+        return param.metavar
+    ann = _annotation(param)
+    ptype = getattr(param, "type", None)
+    name = getattr(ptype, "name", None) or getattr(ann, "__name__", None) or "value"
+    return {"int": "N", "integer": "N", "float": "X", "str": "TEXT", "text": "TEXT",
+            "path": "PATH"}.get(str(name).lower(), str(name).upper())
+
+
+def _completion(param, long: str) -> tuple:
+    if long in VALUE_COMPLETIONS:
+        return VALUE_COMPLETIONS[long]
+    ptype = getattr(param, "type", None)
+    if getattr(ptype, "choices", None):
+        return ("choices", [str(c) for c in ptype.choices])
+    ann = _annotation(param)
+    if isinstance(ann, type) and issubclass(ann, enum.Enum):
+        return ("choices", [str(m.value) for m in ann])
+    if isinstance(ann, type) and issubclass(ann, pathlib.PurePath):
+        return ("files",)
+    return ()
+
+
+def _render_default(value) -> Optional[str]:
+    if value is None or value is False or value == () or value == []:
+        return None
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _param_kind(param) -> str:
+    # Options carry flag-ish attributes; arguments do not (typer vendors click's classes,
+    # so match by shape rather than importing click).
+    return "option" if hasattr(param, "is_flag") else "argument"
+
+
+def _collect_command(command, ctx, name: str) -> Cmd:
+    cmd = Cmd(name=name, help=(command.help or "").strip(),
+              positional_completion=POSITIONAL_COMPLETIONS.get(name, "files"))
+    for param in command.get_params(ctx):
+        if getattr(param, "hidden", False):
+            continue
+        if _param_kind(param) == "argument":
+            metavar = param.metavar or param.name.upper()
+            if "[" not in metavar and "..." not in metavar:  # decorate like a usage line
+                metavar = (metavar if param.required else f"[{metavar}]")
+                metavar += "..." if param.nargs == -1 else ""
+            cmd.arguments.append(Arg(name=param.name, metavar=metavar,
+                                     help=(getattr(param, "help", None) or "").strip(),
+                                     required=bool(param.required), variadic=param.nargs == -1))
+            continue
+        names = sorted(list(param.opts) + list(param.secondary_opts),
+                       key=lambda n: (n.startswith("--"), n))
+        help_text, notes = _split_help((param.help or "").strip())
+        long = [n for n in names if n.startswith("--")]
+        long = long[0] if long else names[0]
+        takes_value = not param.is_flag and not getattr(param, "count", False)
+        default = notes.get("default")
+        if default is None and takes_value and not getattr(param, "is_eager", False):
+            default = _render_default(param.default)
+        envvar = param.envvar
+        if isinstance(envvar, (list, tuple)):
+            envvar = " ".join(envvar)
+        cmd.options.append(Opt(
+            names=names, help=help_text, takes_value=takes_value,
+            value_name=_value_name(param, long) if takes_value else "",
+            default=default, envvar=envvar or None, required=bool(param.required),
+            multiple=bool(getattr(param, "multiple", False)),
+            min=getattr(param, "min", None), max=getattr(param, "max", None),
+            completion=_completion(param, long) if takes_value else (),
+        ))
+    return cmd
+
+
+def collect() -> Tuple[Cmd, List[Cmd]]:
+    """The root and its subcommands, read from the live app."""
+    group = typer.main.get_command(app)
+    ctx = group.make_context(PROG, [], resilient_parsing=True)
+    root = _collect_command(group, ctx, "")
+    commands: List[Cmd] = []
+    for name in group.list_commands(ctx):
+        sub = group.get_command(ctx, name)
+        if sub is None or getattr(sub, "hidden", False):
+            continue
+        if hasattr(sub, "commands"):
+            raise SystemExit(f"gen_docs: nested command groups ({name}) are not supported yet")
+        sub_ctx = sub.make_context(name, [], parent=ctx, resilient_parsing=True)
+        commands.append(_collect_command(sub, sub_ctx, name))
+    # Every hand-kept table entry must still match the app.
+    longs = {o.long for c in [root, *commands] for o in c.options}
+    for table_name, table in (("VALUE_NAMES", VALUE_NAMES), ("VALUE_COMPLETIONS", VALUE_COMPLETIONS)):
+        stale = sorted(set(table) - longs)
+        if stale:
+            raise SystemExit(f"gen_docs: {table_name} names options the CLI lacks: {', '.join(stale)}")
+    stale = sorted(set(POSITIONAL_COMPLETIONS) - {c.name for c in commands})
+    if stale:
+        raise SystemExit(f"gen_docs: POSITIONAL_COMPLETIONS names commands the CLI lacks: {', '.join(stale)}")
+    return root, commands
+
+
+def exit_codes() -> List[Tuple[int, str]]:
+    codes = {name: getattr(errors, name) for name in dir(errors) if name.startswith("EXIT_")}
+    missing = sorted(set(codes) - set(EXIT_DOCS))
+    if missing:
+        raise SystemExit(f"gen_docs: describe {', '.join(missing)} in EXIT_DOCS")
+    stale = sorted(set(EXIT_DOCS) - set(codes))
+    if stale:
+        raise SystemExit(f"gen_docs: EXIT_DOCS names constants errors.py lacks: {', '.join(stale)}")
+    rows = [(int(value), EXIT_DOCS[name]) for name, value in codes.items()] + EXTRA_EXITS
+    return sorted(rows)
+
+
+_ENV_READ = re.compile(r"""(?:os\.environ\.get|os\.getenv|os\.environ\[|environ\.get)\(?\s*["']([A-Z0-9_]+)["']""")
+
+
+def environment(root: Cmd, commands: List[Cmd]) -> List[Tuple[str, str]]:
+    names = {o.envvar for c in [root, *commands] for o in c.options if o.envvar}
+    for path in sorted((ROOT / "llava_cli").rglob("*.py")):
+        names.update(_ENV_READ.findall(path.read_text(encoding="utf-8")))
+    missing = sorted(names - set(ENV_DOCS))
+    if missing:
+        raise SystemExit(f"gen_docs: describe {', '.join(missing)} in ENV_DOCS")
+    stale = sorted(set(ENV_DOCS) - names)
+    if stale:
+        raise SystemExit(f"gen_docs: ENV_DOCS names variables the CLI does not read: {', '.join(stale)}")
+    return [(name, ENV_DOCS[name]) for name in sorted(names)]
+
+
+# --------------------------------------------------------------------------- man page
+def _roff(text: str) -> str:
+    """Escape plain text for roff (backslashes, hyphens, leading dots/quotes)."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    lines = []
+    for line in text.split("\n"):
+        if line[:1] in (".", "'"):
+            line = "\\&" + line
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _roff_metavar(metavar: str) -> str:
+    """'[MEDIA]... QUESTION' -> italic names, roman brackets and dots."""
+    return re.sub(r"([A-Z][A-Z0-9_]*)", r"\\fI\1\\fR", _roff(metavar))
+
+
+def _opt_head(opt: Opt) -> str:
+    names = ", ".join(f"\\fB{_roff(n)}\\fR" for n in opt.names)
+    if opt.takes_value:
+        names += f" \\fI{_roff(opt.value_name)}\\fR"
+    return names
+
+
+def _opt_body(opt: Opt) -> str:
+    text = opt.help
+    if text and not text.endswith("."):
+        text += "."
+    extras = []
+    if opt.min is not None and opt.max is not None:
+        extras.append(f"From {opt.min} to {opt.max}.")
+    elif opt.min is not None:
+        extras.append(f"At least {opt.min}.")
+    elif opt.max is not None:
+        extras.append(f"At most {opt.max}.")
+    if opt.default is not None:
+        extras.append(f"Default: {opt.default}.")
+    if opt.envvar:
+        extras.append(f"Environment: {opt.envvar}.")
+    if opt.required:
+        extras.append("Required.")
+    if opt.multiple:
+        extras.append("May be given more than once.")
+    body = _roff(text)
+    if extras:
+        body = (body + "\n" if body else "") + _roff(" ".join(extras))
+    return body
+
+
+def _options_block(cmd: Cmd) -> List[str]:
+    out: List[str] = []
+    for arg in cmd.arguments:
+        out += [".TP", _roff_metavar(arg.metavar), _roff(arg.help) if arg.help else ""]
+    for opt in cmd.options:
+        out += [".TP", _opt_head(opt), _opt_body(opt)]
+    return [line for line in out if line != ""]
+
+
+def render_man(root: Cmd, commands: List[Cmd]) -> str:
+    version = llava_cli.__version__
+    out: List[str] = [
+        '.\\" Generated by scripts/gen_docs.py from the live CLI; do not edit.',
+        '.\\" Regenerate with: python scripts/gen_docs.py',
+        f'.TH LLAVA 1 "" "llava {version}" "User Commands"',
+        ".SH NAME",
+        f"llava \\- {_roff(_lower_first(root.summary).rstrip('.'))}",
+        ".SH SYNOPSIS",
+    ]
+    root_flags = " ".join("[" + " | ".join(f"\\fB{_roff(n)}\\fR" for n in o.names) + "]"
+                          for o in root.options)
+    out += [".nf", f"\\fBllava\\fR {root_flags}"]
+    for cmd in commands:
+        args = " ".join(_roff_metavar(a.metavar) for a in cmd.arguments)
+        out.append(f"\\fBllava {_roff(cmd.name)}\\fR [\\fIOPTIONS\\fR] {args}".rstrip())
+    out += [".fi", ".SH DESCRIPTION", _roff(root.summary),
+            ".PP",
+            "Models run locally from a model folder in the Hugging Face layout "
+            "(\\fIconfig.json\\fR, \\fI*.safetensors\\fR, \\fItokenizer.json\\fR, "
+            "\\fIpreprocessor_config.json\\fR, \\fIchat_template.json\\fR).",
+            ".PP",
+            "The answer is written to standard output and nothing else is: progress, warnings "
+            "and errors go to standard error, so the answer can be piped or redirected alone.",
+            ".SH OPTIONS",
+            "These options are accepted before a command.",
+            *_options_block(root),
+            ".SH COMMANDS"]
+    for cmd in commands:
+        args = " ".join(a.metavar for a in cmd.arguments)
+        out += [f'.SS "llava {cmd.name} [OPTIONS] {_roff(args)}"'.replace('  "', ' "'),
+                _roff(cmd.help.replace("\n\n", "\n.PP\n")) if cmd.help else "",
+                *_options_block(cmd)]
+    out.append(".SH ENVIRONMENT")
+    for name, text in environment(root, commands):
+        out += [".TP", f"\\fB{name}\\fR", text]
+    out.append(".SH EXIT STATUS")
+    for code, text in exit_codes():
+        out += [".TP", f"\\fB{code}\\fR", text]
+    out.append(".SH EXAMPLES")
+    for caption, command in EXAMPLES:
+        out += [".PP", _roff(caption), ".PP", ".RS 4", ".nf", _roff(command), ".fi", ".RE"]
+    out += [".SH FILES",
+            "None. llava reads no configuration files; the model folder is given with "
+            "\\fB\\-\\-model\\fR or \\fBLLAVA_MODEL\\fR.",
+            ".SH SEE ALSO",
+            "\\fBllava \\-\\-help\\fR, \\fBllava ask \\-\\-help\\fR; shell completions in "
+            "\\fIcompletions/\\fR of the source tree; the project README."]
+    return "\n".join(line for line in out if line != "") + "\n"
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+
+
+# --------------------------------------------------------------------------- bash
+HEADER = "Generated by scripts/gen_docs.py from the live CLI (llava {version}); do not edit."
+
+
+def _sh_words(words: List[str]) -> str:
+    return " ".join(words)
+
+
+def render_bash(root: Cmd, commands: List[Cmd]) -> str:
+    version = llava_cli.__version__
+    L: List[str] = [
+        "# bash completion for llava                                -*- shell-script -*-",
+        "# " + HEADER.format(version=version),
+        "# Use: source completions/llava.bash (or install it as",
+        "# /usr/share/bash-completion/completions/llava).",
+        "",
+        "_llava_compgen_files() {",
+        "    # $1: -f (files) or -d (directories); one match per line, names with spaces kept.",
+        "    local IFS=$'\\n'",
+        "    compopt -o filenames 2>/dev/null",
+        '    COMPREPLY=($(compgen "$1" -- "$cur"))',
+        "}",
+        "",
+        "_llava() {",
+        "    local cur prev cmd i skip=0",
+        '    cur="${COMP_WORDS[COMP_CWORD]}"',
+        '    prev=""',
+        '    (( COMP_CWORD > 0 )) && prev="${COMP_WORDS[COMP_CWORD-1]}"',
+        "    # --opt=value: bash splits at '=' (COMP_WORDBREAKS)",
+        '    if [[ "$cur" == "=" && "$prev" == -* ]]; then',
+        '        cur=""',
+        '    elif [[ "$prev" == "=" ]] && (( COMP_CWORD > 1 )); then',
+        '        prev="${COMP_WORDS[COMP_CWORD-2]}"',
+        "    fi",
+        "",
+        "    # The command is the first word after the root options.",
+        '    cmd=""',
+        "    for (( i = 1; i < COMP_CWORD; i++ )); do",
+        "        if (( skip )); then skip=0; continue; fi",
+        '        case "${COMP_WORDS[i]}" in',
+    ]
+    root_valued = [n for o in root.options if o.takes_value for n in o.names]
+    if root_valued:
+        L.append(f"            {'|'.join(root_valued)}) skip=1 ;;")
+    L += ["            -*) ;;"]
+    for cmd in commands:
+        L.append(f'            {cmd.name}) cmd="{cmd.name}"; break ;;')
+    L += [
+        "        esac",
+        "    done",
+        "",
+        '    case "$cmd" in',
+    ]
+
+    def value_cases(cmd: Cmd, indent: str) -> List[str]:
+        if not any(opt.takes_value for opt in cmd.options):
+            return []
+        lines = [f'{indent}case "$prev" in']
+        for opt in cmd.options:
+            if not opt.takes_value:
+                continue
+            pattern = "|".join(opt.names)
+            kind = opt.completion[0] if opt.completion else ""
+            if kind == "choices":
+                action = f'COMPREPLY=($(compgen -W "{_sh_words(opt.completion[1])}" -- "$cur"))'
+            elif kind == "dirs":
+                action = "_llava_compgen_files -d"
+            elif kind == "files":
+                action = "_llava_compgen_files -f"
+            else:
+                action = "COMPREPLY=()"
+            lines.append(f"{indent}    {pattern}) {action}; return ;;")
+        lines.append(f"{indent}esac")
+        return lines
+
+    root_words = [c.name for c in commands] + [n for o in root.options for n in o.names]
+    L += ['        "")']
+    L += value_cases(root, "            ")
+    L += [f'            COMPREPLY=($(compgen -W "{_sh_words(root_words)}" -- "$cur"))',
+          "            ;;"]
+    for cmd in commands:
+        words = [n for o in cmd.options for n in o.names]
+        L += [f"        {cmd.name})"]
+        L += value_cases(cmd, "            ")
+        L += ['            if [[ "$cur" == -* ]]; then',
+              f'                COMPREPLY=($(compgen -W "{_sh_words(words)}" -- "$cur"))']
+        if cmd.arguments:
+            flag = "-d" if cmd.positional_completion == "dirs" else "-f"
+            L += ["            else",
+                  f"                _llava_compgen_files {flag}"]
+        L += ["            fi",
+              "            ;;"]
+    L += [
+        "    esac",
+        "    return 0",
+        "}",
+        "",
+        "complete -F _llava llava",
+    ]
+    return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------------- zsh
+def _zsh_desc(text: str) -> str:
+    """Text inside an _arguments '[...]' description within single quotes."""
+    text = text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]").replace(":", "\\:")
+    return text.replace("'", "'\\''")
+
+
+def _one_line(text: str) -> str:
+    first = text.strip().split("\n\n")[0]
+    return " ".join(first.split())
+
+
+def _zsh_action(opt: Opt) -> str:
+    kind = opt.completion[0] if opt.completion else ""
+    label = opt.value_name.lower()
+    if kind == "choices":
+        return f":{label}:({' '.join(opt.completion[1])})"
+    if kind == "dirs":
+        return f":{label}:_files -/"
+    if kind == "files":
+        return f":{label}:_files"
+    return f":{label}: "
+
+
+def _zsh_specs(cmd: Cmd) -> List[str]:
+    specs: List[str] = []
+    for opt in cmd.options:
+        desc = _zsh_desc(_one_line(opt.help) or opt.long)
+        is_help = opt.long == "--help" or (opt.long == "--version" and not cmd.name)
+        group = " ".join(opt.names)
+        excl = "(- *)" if is_help else (f"({group})" if len(opt.names) > 1 else "")
+        rep = "*" if opt.multiple else ""
+        forms = []
+        for name in opt.names:
+            if opt.takes_value:
+                forms.append(name + ("=" if name.startswith("--") else "+"))
+            else:
+                forms.append(name)
+        action = _zsh_action(opt) if opt.takes_value else ""
+        action = action.replace("'", "'\\''")
+        if len(forms) == 1:
+            specs.append(f"'{excl}{rep}{forms[0]}[{desc}]{action}'")
+        else:
+            specs.append(f"'{excl}{rep}'{{{','.join(forms)}}}'[{desc}]{action}'")
+    return specs
+
+
+def render_zsh(root: Cmd, commands: List[Cmd]) -> str:
+    version = llava_cli.__version__
+    L: List[str] = [
+        "#compdef llava",
+        "# zsh completion for llava.",
+        "# " + HEADER.format(version=version),
+        "# Use: put this file, named _llava, in a directory on $fpath, then run compinit.",
+        "",
+    ]
+    for cmd in commands:
+        L += [f"_llava_{cmd.name.replace('-', '_')}() {{", "    _arguments -s -S \\"]
+        specs = _zsh_specs(cmd)
+        if cmd.arguments:
+            label = " ".join(a.metavar for a in cmd.arguments).replace(":", "\\:").replace("'", "'\\''")
+            action = "_files -/" if cmd.positional_completion == "dirs" else "_files"
+            specs.append(f"'*:{label}:{action}'")
+        L += [f"        {s} \\" for s in specs[:-1]] + [f"        {specs[-1]}"]
+        L += ["}", ""]
+    L += [
+        "_llava() {",
+        '    local curcontext="$curcontext" state line',
+        "    typeset -A opt_args",
+        "    _arguments -C \\",
+    ]
+    for spec in _zsh_specs(root):
+        L.append(f"        {spec} \\")
+    L += [
+        "        '1: :->command' \\",
+        "        '*:: :->args'",
+        '    case "$state" in',
+        "        command)",
+        "            local -a commands",
+        "            commands=(",
+    ]
+    for cmd in commands:
+        desc = _one_line(cmd.help).replace("\\", "\\\\").replace(":", "\\:").replace("'", "'\\''")
+        L.append(f"                '{cmd.name}:{desc}'")
+    L += [
+        "            )",
+        "            _describe -t commands 'llava command' commands",
+        "            ;;",
+        "        args)",
+        '            curcontext="${curcontext%:*:*}:llava-$words[1]:"',
+        '            case "$words[1]" in',
+    ]
+    for cmd in commands:
+        L.append(f"                {cmd.name}) _llava_{cmd.name.replace('-', '_')} ;;")
+    L += [
+        "            esac",
+        "            ;;",
+        "    esac",
+        "}",
+        "",
+        'if [[ "$funcstack[1]" == "_llava" ]]; then',
+        '    _llava "$@"',
+        "else",
+        "    compdef _llava llava",
+        "fi",
+    ]
+    return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------------- fish
+def _fish_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _fish_line(condition: str, opt: Opt) -> str:
+    parts = ["complete -c llava", f"-n {_fish_quote(condition)}"]
+    for name in opt.names:
+        if name.startswith("--"):
+            parts.append(f"-l {name[2:]}")
+        elif len(name) == 2:
+            parts.append(f"-s {name[1]}")
+        else:
+            parts.append(f"-o {name[1:]}")
+    if opt.takes_value:
+        kind = opt.completion[0] if opt.completion else ""
+        if kind == "choices":
+            parts.append(f"-x -a {_fish_quote(' '.join(opt.completion[1]))}")
+        elif kind == "dirs":
+            parts.append("-x -a '(__fish_complete_directories (commandline -ct))'")
+        elif kind == "files":
+            parts.append("-r -F")
+        else:
+            parts.append("-x")
+    parts.append(f"-d {_fish_quote(_one_line(opt.help) or opt.long)}")
+    return " ".join(parts)
+
+
+def render_fish(root: Cmd, commands: List[Cmd]) -> str:
+    version = llava_cli.__version__
+    names = " ".join(c.name for c in commands)
+    L: List[str] = [
+        "# fish completion for llava.",
+        "# " + HEADER.format(version=version),
+        "# Use: copy to ~/.config/fish/completions/llava.fish",
+        "",
+        "# No file names unless a command or option asks for them.",
+        "complete -c llava -f",
+        "",
+        "# Commands",
+    ]
+    top = f"not __fish_seen_subcommand_from {names}"
+    for cmd in commands:
+        L.append(f"complete -c llava -n {_fish_quote(top)} -a {cmd.name} "
+                 f"-d {_fish_quote(_one_line(cmd.help))}")
+    L += ["", "# Options before a command"]
+    L += [_fish_line(top, opt) for opt in root.options]
+    for cmd in commands:
+        cond = f"__fish_seen_subcommand_from {cmd.name}"
+        L += ["", f"# llava {cmd.name}"]
+        L += [_fish_line(cond, opt) for opt in cmd.options]
+        if cmd.arguments and cmd.positional_completion == "files":
+            L.append(f"complete -c llava -n {_fish_quote(cond)} -F")
+        elif cmd.arguments and cmd.positional_completion == "dirs":
+            L.append(f"complete -c llava -n {_fish_quote(cond)} "
+                     "-a '(__fish_complete_directories (commandline -ct))'")
+    return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+RENDERERS: Dict[str, Callable[[Cmd, List[Cmd]], str]] = {
+    MAN_PATH: render_man,
+    BASH_PATH: render_bash,
+    ZSH_PATH: render_zsh,
+    FISH_PATH: render_fish,
+}
+
+
+def generate() -> Dict[str, str]:
+    root, commands = collect()
+    return {path: render(root, commands) for path, render in RENDERERS.items()}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 and list the stale files instead of writing them")
+    args = parser.parse_args(argv)
+    outputs = generate()
+    stale = []
+    for rel, text in outputs.items():
+        path = ROOT / rel
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current != text:
+            stale.append(rel)
+    if args.check:
+        if stale:
+            print("stale generated files (run: python scripts/gen_docs.py):", file=sys.stderr)
+            for rel in stale:
+                print(f"  {rel}", file=sys.stderr)
+            return 1
+        print("generated docs are up to date")
+        return 0
+    for rel in stale:
+        path = ROOT / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(outputs[rel], encoding="utf-8")
+        print(f"wrote {rel}")
+    if not stale:
+        print("generated docs are up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
