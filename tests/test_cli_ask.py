@@ -162,3 +162,42 @@ def test_no_question(tiny):
     result = run_llava("ask", "--model", str(tiny))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def run_in_pty(args: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run llava with stdin/stdout/stderr on a pseudo-terminal; return (code, screen text)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "LLAVA_MODEL"}
+    proc = subprocess.Popen([*LLAVA, *args], stdin=slave, stdout=slave, stderr=slave,
+                            env={**env, "TERM": "xterm", "NO_COLOR": "1"})
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(timeout=timeout), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_answer_streams_on_a_terminal(tiny, clip):
+    """On a TTY the answer goes through rich; the text is the same as when piped."""
+    args = ["ask", "--model", str(tiny), "--max-new-tokens", "12", str(clip), "Why?"]
+    piped = run_llava(*args)
+    assert piped.returncode == 0, piped.stderr
+    code, screen = run_in_pty(args)
+    assert code == 0, screen
+    answer = piped.stdout.rstrip("\n")
+    assert answer
+    assert answer in screen.replace("\r\n", "\n")
