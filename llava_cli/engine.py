@@ -21,8 +21,8 @@ from .families import Family, MediaInput, family_for
 from .generate import Sampling, decode_loop, eos_ids
 from .loading import Checkpoint, load_weights, resolve_device, resolve_dtype
 from .media import Media
-from .prompt import (BUILTIN_TEMPLATES, build_messages, compile_chat_template, expand_placeholders,
-                     load_chat_template, render_compiled)
+from .prompt import (BUILTIN_TEMPLATES, build_messages, builtin_template_for, compile_chat_template,
+                     expand_placeholders, load_chat_template, render_compiled)
 from .tokenizer import Tokenizer
 
 
@@ -79,7 +79,9 @@ class Engine:
         checkpoint = folder if isinstance(folder, Checkpoint) else Checkpoint.open(folder)
         family = family or family_for(checkpoint)
         tokenizer = Tokenizer.from_folder(checkpoint.folder)
-        template = load_chat_template(checkpoint.folder) or BUILTIN_TEMPLATES[family.builtin_template]
+        text_type = (family.config.get("text_config") or {}).get("model_type", "llama")
+        template = load_chat_template(checkpoint.folder) or BUILTIN_TEMPLATES[builtin_template_for(
+            family.name, text_type, family.text_config.vocab_size, tokenizer.bos_token)]
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         shards = checkpoint.shard_files()

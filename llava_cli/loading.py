@@ -223,6 +223,12 @@ def our_name(key: str) -> str | None:
     return None if inner is None else f"{head}.{inner}"
 
 
+def skippable(name: str) -> bool:
+    """Checkpoint weights (in our naming) that inference never uses: the vision layers past
+    the feature layer, post-LayerNorms, attention-pool heads, stale buffers."""
+    return any(p.search(name) for p in _UNUSED) or _vision_block_index(name) is not None
+
+
 def _vision_block_index(name: str) -> int | None:
     match = re.match(r"^(?:vision|image_tower|video_tower)\.blocks\.(\d+)\.", name)
     return int(match.group(1)) if match else None
@@ -246,8 +252,8 @@ def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, 
             if name is None:
                 raise ModelError(f"unexpected weight '{key}' in {shard.name}: is this the right model family?")
             if name not in slots:
-                if any(p.search(name) for p in _UNUSED) or _vision_block_index(name) is not None:
-                    continue  # not needed for inference (or a vision block we never run)
+                if skippable(name):
+                    continue
                 raise ModelError(f"unexpected weight '{key}' in {shard.name}: is this the right model family?")
             module, leaf, _ = slots[name]
             expected = tuple(getattr(module, leaf).shape)

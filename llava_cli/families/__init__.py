@@ -10,10 +10,16 @@ from ..loading import Checkpoint
 from .base import Family, MediaInput
 from .llava_next import LlavaNext
 from .llava_next_video import LlavaNextVideo
+from .llava_onevision import LlavaOnevision
+from .llava import Llava
+from .video_llava import VideoLlava
 
 FAMILIES: tuple[type[Family], ...] = (
+    LlavaOnevision,
     LlavaNextVideo,
     LlavaNext,
+    VideoLlava,
+    Llava,
 )
 
 

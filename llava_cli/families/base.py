@@ -65,7 +65,6 @@ class Family:
     defaults: ClassVar[dict] = {}
     default_frames: ClassVar[int] = 8
     trained_frames: ClassVar[int | None] = None  # a family trained on exactly this many frames
-    builtin_template: ClassVar[str] = "vicuna"
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint

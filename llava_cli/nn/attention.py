@@ -3,6 +3,10 @@
 ``attend`` takes queries at absolute positions ``start…start+q_len-1`` and keys/values
 for positions ``0…kv_len-1`` (the cache up to and including the queries), and applies a
 causal mask. Grouped-query attention is handled without repeating K/V in memory.
+
+Sliding-window attention (Mistral) follows transformers 4.48.3's sdpa/eager mask: a query at
+position i sees keys i-window+1 … i, i.e. exactly ``window`` keys; key i-window is masked
+(``key <= i - window``). A single decode query needs no mask: the keys are sliced instead.
 """
 
 from __future__ import annotations
@@ -16,19 +20,30 @@ BACKENDS = ("sdpa", "eager")
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, start: int = 0,
-           backend: str = "sdpa", causal: bool = True) -> torch.Tensor:
-    """q (B, H, Lq, D), k/v (B, Hkv, Lk, D) → (B, H, Lq, D)."""
+           backend: str = "sdpa", causal: bool = True, window: int | None = None) -> torch.Tensor:
+    """q (B, H, Lq, D), k/v (B, Hkv, Lk, D) → (B, H, Lq, D).
+
+    ``window`` (causal only): each query sees at most the last ``window`` keys up to itself.
+    """
     q_len, kv_len = q.shape[2], k.shape[2]
+    if not causal or (window is not None and window >= kv_len):
+        window = None  # no key is ever out of reach
     mask = None
     is_causal = False
-    if causal and q_len > 1:
-        if start == 0 and q_len == kv_len:
+    if causal and q_len == 1 and window is not None:
+        # One query, at the last position: keep only the last window keys (views, no mask).
+        k, v = k[:, :, kv_len - window:], v[:, :, kv_len - window:]
+    elif causal and q_len > 1:
+        if start == 0 and q_len == kv_len and window is None:
             is_causal = True
         else:
-            # Query i sits at absolute position start+i and may see keys 0…start+i.
+            # Query i sits at absolute position start+i and may see keys 0…start+i
+            # (and, with a window, only those after start+i-window).
             rows = torch.arange(start, start + q_len, device=q.device)[:, None]
             cols = torch.arange(kv_len, device=q.device)[None, :]
             mask = cols <= rows
+            if window is not None:
+                mask &= cols > rows - window
     if backend == "eager":
         return _eager(q, k, v, mask, is_causal)
     gqa = q.shape[1] != k.shape[1]

@@ -48,7 +48,8 @@ class TextConfig:
     max_position_embeddings: int = 4096
     qkv_bias: bool = False  # Qwen1.5/Qwen2
     tie_word_embeddings: bool = False
-    sliding_window: int | None = None
+    sliding_window: int | None = None  # keys a query sees (itself included); None = all
+    sliding_window_from_layer: int = 0  # layers before this one attend fully (Qwen2's max_window_layers)
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -65,8 +66,13 @@ class TextConfig:
         head_dim = merged.get("head_dim") or hidden // heads
         theta, factor = _rope_settings(raw, float(merged["rope_theta"]))
         sliding = merged.get("sliding_window")
-        if model_type == "qwen2" and not raw.get("use_sliding_window", False):
-            sliding = None
+        window_from = 0
+        if model_type == "qwen2":
+            # Qwen2 windows only with use_sliding_window (false in every LLaVA config), and
+            # then only from layer max_window_layers on (Qwen2Config defaults 4096 / 28).
+            use = raw.get("use_sliding_window", False)
+            sliding = raw.get("sliding_window", 4096) if use else None
+            window_from = int(raw.get("max_window_layers", 28)) if use else 0
         tie = raw.get("tie_word_embeddings", False) if tie_word_embeddings is None else tie_word_embeddings
         return cls(
             vocab_size=int(merged["vocab_size"]),
@@ -83,6 +89,7 @@ class TextConfig:
             qkv_bias=bool(merged.get("attention_bias", False)),
             tie_word_embeddings=bool(tie),
             sliding_window=int(sliding) if sliding else None,
+            sliding_window_from_layer=window_from,
         )
 
 
@@ -165,8 +172,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, window: int | None = None) -> None:
         super().__init__()
+        self.window = window
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_kv_heads
         self.head_dim = cfg.head_dim
@@ -189,7 +197,7 @@ class Attention(nn.Module):
             self.k_cache[:, :, start:end] = k
             self.v_cache[:, :, start:end] = v
             k, v = self.k_cache[:, :, :end], self.v_cache[:, :, :end]
-        out = attend(q, k, v, start=start, backend=backend)  # (batch, heads, seq, head_dim)
+        out = attend(q, k, v, start=start, backend=backend, window=self.window)  # (B, heads, seq, dim)
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -205,10 +213,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    def __init__(self, cfg: TextConfig, index: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg)
+        windowed = cfg.sliding_window is not None and index >= cfg.sliding_window_from_layer
+        self.attn = Attention(cfg, cfg.sliding_window if windowed else None)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
@@ -224,9 +233,12 @@ class TextModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = uninitialized_embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            # One matrix for both ends (OneVision-0.5B); the loader re-ties after filling.
+            self.lm_head.weight = self.embed.weight
         self.rotary = Rotary(cfg)
         self.attn_backend = "sdpa"
         self.cache_capacity = 0

@@ -1,0 +1,155 @@
+"""Tiny random LLaVA-OneVision checkpoints in the Hub layout, written by transformers 4.48.3.
+
+Real geometry (SigLIP at 384 px, 14-px patches → 27×27 = 729 tokens per view, the 36
+anyres pinpoints, the hub's preprocessor settings and chat template) with tiny widths, so
+every token count and every resize is the real one while a forward pass stays cheap.
+
+transformers is imported inside functions: it is the test oracle, never a dependency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from checkpoints import hub_template
+from tokenizer_factory import SHARED_TOKENIZERS, _training_sentences, add_tokens
+
+ONEVISION_TEMPLATE_KEY = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# The pretokenizer regex of Qwen2 (tokenizer.json of every Qwen2 checkpoint).
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+               r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+ONEVISION_PINPOINTS = [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)]
+
+
+def train_qwen2_tokenizer(vocab_size: int = 600):
+    """A small byte-level BPE shaped like Qwen2's, trained here (needs nothing from ../shared).
+
+    Same pipeline as Qwen2's tokenizer.json: NFC, the Qwen2 split regex then ByteLevel
+    without prefix space, ByteLevel decoder, no BOS. The three Qwen2 specials follow the
+    regular vocabulary, as in Qwen2 (151643–151645); `<image>`/`<video>` are added after.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import Qwen2TokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    backend.train_from_iterator(_training_sentences(), trainer=trainer)
+    base = backend.get_vocab_size()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN2_SPECIALS])
+    tok = Qwen2TokenizerFast(tokenizer_object=backend, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                             pad_token="<|endoftext|>", additional_special_tokens=QWEN2_SPECIALS[1:],
+                             add_prefix_space=False)
+    assert tok.convert_tokens_to_ids(QWEN2_SPECIALS) == [base, base + 1, base + 2]
+    assert tok.bos_token_id is None and len(tok) == base + 3
+    return tok
+
+
+def real_qwen2_tokenizer():
+    """The Qwen2 BPE from ../shared (skips when absent), converted to a fast tokenizer."""
+    import pytest
+
+    source = SHARED_TOKENIZERS / "qwen2"
+    if not (source / "vocab.json").is_file() or not (source / "merges.txt").is_file():
+        pytest.skip(f"shared Qwen2 tokenizer not found at {source}")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)  # vocab.json + merges.txt → Qwen2TokenizerFast
+
+
+def build_tokenizer(kind: str):
+    if kind == "qwen2":
+        tok = real_qwen2_tokenizer()
+        # LLaVA-OneVision: <image> 151646 then <video> 151647 after the Qwen2 specials.
+        assert add_tokens(tok, ["<image>", "<video>"]) == [151646, 151647]
+    elif kind == "trained":
+        tok = train_qwen2_tokenizer()
+        add_tokens(tok, ["<image>", "<video>"])
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    return tok
+
+
+def make_onevision(folder: Path, tokenizer: str = "trained", tied: bool = True, *, hidden: int = 64,
+                   layers: int = 2, heads: int = 4, kv_heads: int = 2, vision_hidden: int = 32,
+                   vision_layers: int = 2, init_std: float = 0.1, seed: int = 0) -> Path:
+    """Write a tiny random LLaVA-OneVision checkpoint to ``folder`` and return it.
+
+    ``tied``: the 0.5B layout, where the LM head is the embedding matrix and no
+    ``language_model.lm_head.weight`` is stored; else a separate head (7B).
+    """
+    import torch
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor,
+                              LlavaOnevisionVideoProcessor)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(tokenizer)
+    image_id, video_id = tok.convert_tokens_to_ids(["<image>", "<video>"])
+    endoftext, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    vocab = -(-len(tok) // 64) * 64  # the hub pads the vocabulary to a multiple of 64
+    text_config = {
+        "model_type": "qwen2", "hidden_size": hidden, "intermediate_size": hidden * 2,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "vocab_size": vocab, "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "initializer_range": init_std, "bos_token_id": endoftext, "eos_token_id": im_end,
+        # 4.48.3 ties the LM head by the *text* config's flag (the composite's tie_weights
+        # delegates to the language model); the hub 0.5B config sets it there.
+        "tie_word_embeddings": tied,
+    }
+    vision_config = {
+        "model_type": "siglip_vision_model", "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2,
+        "num_hidden_layers": vision_layers, "num_attention_heads": 4, "image_size": 384, "patch_size": 14,
+        "vision_use_head": False,
+    }
+    config = LlavaOnevisionConfig(
+        text_config=text_config, vision_config=vision_config, image_token_index=image_id,
+        video_token_index=video_id, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9", image_grid_pinpoints=ONEVISION_PINPOINTS,
+        # The composite's own flag is left at its class default (False), as the hub
+        # conversion script leaves it: only text_config says whether the head is tied.
+        initializer_range=init_std,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    with torch.no_grad():  # biases and norms start at constants; randomise them too
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * init_std)
+            elif name == "image_newline":
+                param.normal_(0.0, 1.0)
+    if tied:
+        assert model.language_model.lm_head.weight is model.language_model.model.embed_tokens.weight
+    else:
+        assert model.language_model.lm_head.weight is not model.language_model.model.embed_tokens.weight
+    model.save_pretrained(folder, safe_serialization=True)
+
+    common = dict(size={"height": 384, "width": 384}, resample=3, do_rescale=True, rescale_factor=1 / 255,
+                  do_normalize=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True)
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(image_grid_pinpoints=ONEVISION_PINPOINTS, do_pad=True,
+                                                     **common),
+        video_processor=LlavaOnevisionVideoProcessor(**common),
+        tokenizer=tok, chat_template=hub_template(ONEVISION_TEMPLATE_KEY), num_image_tokens=729,
+        vision_feature_select_strategy="full",
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+def load_reference(folder: Path):
+    """The reference model and processor, loaded from the folder as a user would."""
+    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(folder, torch_dtype="float32").eval()
+    processor = LlavaOnevisionProcessor.from_pretrained(folder)
+    return model, processor

@@ -1,0 +1,138 @@
+"""Reconstructed config.json of every published checkpoint (full size), from
+../shared/reference/hub_configs.md. Like the hub files they store only non-default keys,
+so building them also exercises our defaults.
+
+PUBLISHED_PARAMS are the hub's "Model size" figures (safetensors parameter counts, as the
+model pages round them to three significant digits).
+"""
+
+from __future__ import annotations
+
+CLIP_336 = {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+            "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768,
+            "vocab_size": 32000}
+CLIP_224 = {k: v for k, v in CLIP_336.items() if k != "image_size"}  # Video-LLaVA stores no image_size
+SIGLIP_384 = {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+              "num_attention_heads": 16, "num_hidden_layers": 26, "patch_size": 14, "vision_use_head": False}
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+OV_PINPOINTS = [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)]
+
+VICUNA_7B = {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+             "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "torch_dtype": "float16", "vocab_size": 32064}
+YI_34B = {"_name_or_path": "NousResearch/Nous-Hermes-2-Yi-34B", "architectures": ["LlamaForCausalLM"],
+          "model_type": "llama", "eos_token_id": 7, "hidden_size": 7168, "intermediate_size": 20480,
+          "max_position_embeddings": 4096, "num_attention_heads": 56, "num_hidden_layers": 60,
+          "num_key_value_heads": 8, "pad_token_id": 0, "rms_norm_eps": 1e-05, "rope_theta": 5000000.0,
+          "torch_dtype": "bfloat16", "use_cache": False, "vocab_size": 64064}
+
+
+def _qwen2(hidden, inter, layers, heads, kv, vocab, tie, name):
+    return {"_name_or_path": name, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+            "bos_token_id": 151643, "eos_token_id": 151645, "hidden_size": hidden, "intermediate_size": inter,
+            "max_position_embeddings": 32768, "max_window_layers": layers, "num_attention_heads": heads,
+            "num_hidden_layers": layers, "num_key_value_heads": kv, "rope_theta": 1000000.0,
+            "sliding_window": 32768, "tie_word_embeddings": tie, "use_sliding_window": False,
+            "vocab_size": vocab, "torch_dtype": "bfloat16"}
+
+
+def _onevision(text, tie):
+    return {"architectures": ["LlavaOnevisionForConditionalGeneration"], "model_type": "llava_onevision",
+            "image_token_index": 151646, "video_token_index": 151647, "image_grid_pinpoints": OV_PINPOINTS,
+            "projector_hidden_act": "gelu", "tie_word_embeddings": tie, "use_image_newline_parameter": True,
+            "vision_aspect_ratio": "anyres_max_9", "vision_feature_layer": -1,
+            "vision_feature_select_strategy": "full", "torch_dtype": "float16", "text_config": text,
+            "vision_config": SIGLIP_384}
+
+
+CONFIGS: dict[str, dict] = {
+    "llava-hf/llava-1.5-7b-hf": {
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "ignore_index": -100,
+        "image_token_index": 32000, "pad_token_id": 32001, "projector_hidden_act": "gelu",
+        "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064,
+        "tie_word_embeddings": False, "torch_dtype": "float16", "text_config": VICUNA_7B, "vision_config": CLIP_336},
+    "llava-hf/llava-v1.6-vicuna-7b-hf": {
+        "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
+        "image_token_index": 32000, "image_grid_pinpoints": NEXT_PINPOINTS, "projector_hidden_act": "gelu",
+        "use_image_newline_parameter": True, "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default", "vocab_size": 32064, "torch_dtype": "float16",
+        "text_config": {**VICUNA_7B, "pad_token_id": 0}, "vision_config": CLIP_336},
+    "llava-hf/llava-v1.6-mistral-7b-hf": {
+        "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
+        "image_token_index": 32000, "image_grid_pinpoints": NEXT_PINPOINTS, "projector_hidden_act": "gelu",
+        "use_image_newline_parameter": True, "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default", "vocab_size": 32064, "torch_dtype": "float16",
+        "text_config": {"_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2",
+                        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                        "intermediate_size": 14336, "max_position_embeddings": 32768, "num_key_value_heads": 8,
+                        "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": None,
+                        "torch_dtype": "bfloat16", "vocab_size": 32064},
+        "vision_config": CLIP_336},
+    "llava-hf/llava-v1.6-34b-hf": {
+        "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
+        "image_token_index": 64000, "image_grid_pinpoints": NEXT_PINPOINTS, "projector_hidden_act": "gelu",
+        "use_image_newline_parameter": True, "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default", "vocab_size": 64064, "torch_dtype": "float16",
+        "text_config": YI_34B, "vision_config": CLIP_336},
+    "llava-hf/llama3-llava-next-8b-hf": {
+        "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
+        "image_token_index": 128256, "image_grid_pinpoints": NEXT_PINPOINTS, "tie_word_embeddings": False,
+        "use_image_newline_parameter": True, "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default", "torch_dtype": "float16",
+        "text_config": {"_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct",
+                        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "bos_token_id": 128000,
+                        "eos_token_id": 128009, "intermediate_size": 14336, "max_position_embeddings": 8192,
+                        "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+                        "torch_dtype": "bfloat16", "vocab_size": 128320},
+        "vision_config": CLIP_336},
+    "llava-hf/llava-next-72b-hf": {
+        "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
+        "image_token_index": 151646, "image_grid_pinpoints": NEXT_PINPOINTS, "tie_word_embeddings": False,
+        "use_image_newline_parameter": True, "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default", "torch_dtype": "float16",
+        "text_config": _qwen2(8192, 24576, 80, 64, 64, 152064, False, "Qwen/Qwen1.5-72B-Chat"),
+        "vision_config": CLIP_336},
+    "llava-hf/LLaVA-NeXT-Video-7B-hf": {
+        "architectures": ["LlavaNextVideoForConditionalGeneration"], "model_type": "llava_next_video",
+        "image_token_index": 32001, "video_token_index": 32000, "image_grid_pinpoints": NEXT_PINPOINTS,
+        "use_image_newline_parameter": True, "spatial_pool_mode": "average", "spatial_pool_out_channels": 1024,
+        "spatial_pool_stride": 2, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "text_config": {**VICUNA_7B, "pad_token_id": 0, "rope_scaling": {"factor": 2.5, "type": "linear"}},
+        "vision_config": CLIP_336},
+    "llava-hf/LLaVA-NeXT-Video-34B-hf": {
+        "architectures": ["LlavaNextVideoForConditionalGeneration"], "model_type": "llava_next_video",
+        "image_token_index": 64004, "video_token_index": 64003, "image_grid_pinpoints": NEXT_PINPOINTS,
+        "use_image_newline_parameter": True, "spatial_pool_mode": "average", "spatial_pool_out_channels": 1024,
+        "spatial_pool_stride": 2, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+        "torch_dtype": "bfloat16", "text_config": YI_34B, "vision_config": CLIP_336},
+    "LanguageBind/Video-LLaVA-7B-hf": {
+        "architectures": ["VideoLlavaForConditionalGeneration"], "model_type": "video_llava",
+        "image_token_index": 32000, "video_token_index": 32001, "pad_token_id": 32002,
+        "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+        "vocab_size": 32064, "torch_dtype": "bfloat16", "text_config": {**VICUNA_7B, "pad_token_id": 0},
+        "vision_config": CLIP_224},
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": _onevision(
+        _qwen2(896, 4864, 24, 14, 2, 152000, True, "Qwen/Qwen2-0.5B-Instruct"), True),
+    "llava-hf/llava-onevision-qwen2-0.5b-si-hf": _onevision(
+        _qwen2(896, 4864, 24, 14, 2, 152000, True, "Qwen/Qwen2-0.5B-Instruct"), True),
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": _onevision(
+        _qwen2(3584, 18944, 28, 28, 4, 152128, False, "Qwen/Qwen2-7B-Instruct"), False),
+    "llava-hf/llava-onevision-qwen2-7b-si-hf": _onevision(
+        _qwen2(3584, 18944, 28, 28, 4, 152128, False, "Qwen/Qwen2-7B-Instruct"), False),
+}
+
+PUBLISHED_PARAMS: dict[str, float] = {
+    "llava-hf/llava-1.5-7b-hf": 7.06e9,
+    "llava-hf/llava-v1.6-vicuna-7b-hf": 7.06e9,
+    "llava-hf/llava-v1.6-mistral-7b-hf": 7.57e9,
+    "llava-hf/llava-v1.6-34b-hf": 34.8e9,
+    "llava-hf/llama3-llava-next-8b-hf": 8.36e9,
+    "llava-hf/llava-next-72b-hf": 72.7e9,
+    "llava-hf/LLaVA-NeXT-Video-7B-hf": 7.06e9,
+    "llava-hf/LLaVA-NeXT-Video-34B-hf": 34.8e9,
+    "LanguageBind/Video-LLaVA-7B-hf": 7.37e9,
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": 893.7e6,
+    "llava-hf/llava-onevision-qwen2-0.5b-si-hf": 893.7e6,
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": 8.03e9,
+    "llava-hf/llava-onevision-qwen2-7b-si-hf": 8.03e9,
+}

@@ -1,0 +1,90 @@
+"""Parity of our LLaVA-1.5 pipeline with transformers 4.48.3 on tiny random checkpoints.
+
+The reference gets what a transformers user gives it (the processor's chat template, a
+PIL image); ours goes through our own media, prompt, tokenizer, preprocessing and
+networks. Compared: prompt ids, pixel values, last-token logits, 20-token greedy output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ckpt_llava import check_parity, load_llava15_reference, make_llava15
+from media_factory import make_image, make_video
+
+from llava_cli.engine import Engine
+from llava_cli.errors import ModelError
+from llava_cli.media import load_media
+
+QUESTION = "What is shown in this image?"
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("media-llava15")
+    make_image(folder / "wide.png", size=(640, 480))  # (width, height): downscale, crop the sides
+    make_image(folder / "tall.png", size=(240, 400))  # upscale to 336x560, crop top and bottom
+    make_video(folder / "clip.mp4", frames=12, size=(64, 48))
+    return folder
+
+
+class Pair:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.engine = Engine.load(folder, device="cpu", dtype="float32")
+        self.ref_model, self.processor = load_llava15_reference(folder)
+
+    def check(self, media_dir: Path, images: list[str], system: str | None = None) -> None:
+        from PIL import Image
+
+        ours_media = [load_media(media_dir / name) for name in images]
+        prepared = self.engine.prepare(ours_media, QUESTION, system=system)
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": QUESTION}]
+        conversation = [{"role": "user", "content": content}]
+        if system:
+            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+        prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        pil = [Image.open(media_dir / name).convert("RGB") for name in images] or None
+        ref = self.processor(text=prompt, images=pil, return_tensors="pt")
+        check_parity(self.engine, self.ref_model, prepared, ref, image_key="pixel_values")
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory) -> Pair:
+    return Pair(make_llava15(tmp_path_factory.mktemp("ckpt") / "tiny-llava15"))
+
+
+@pytest.fixture(scope="module")
+def llama2_pair(tmp_path_factory) -> Pair:
+    return Pair(make_llava15(tmp_path_factory.mktemp("ckpt") / "tiny-llava15-llama2", tokenizer="llama2"))
+
+
+CASES = {"image-wide": ["wide.png"], "image-tall": ["tall.png"], "text-only": []}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_trained_tokenizer(trained_pair, media_dir, case):
+    trained_pair.check(media_dir, CASES[case])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_llama2_tokenizer(llama2_pair, media_dir, case):
+    assert llama2_pair.engine.family.token_ids() == {"image": 32000}  # the hub id: <image> right after the Llama-2 pieces
+    llama2_pair.check(media_dir, CASES[case])
+
+
+def test_family_and_geometry(trained_pair, media_dir):
+    family = trained_pair.engine.family
+    assert family.name == "llava"
+    assert family.vision_config.image_size == 336
+    assert family.text_config.num_kv_heads < family.text_config.num_heads  # GQA is exercised
+    prepared = trained_pair.engine.prepare([load_media(media_dir / "wide.png")], QUESTION)
+    assert [item.num_tokens for item in prepared.items] == [576]
+    assert prepared.input_ids.count(family.token_ids()["image"]) == 576
+
+
+def test_videos_are_refused(trained_pair, media_dir):
+    with pytest.raises(ModelError, match="does not take videos"):
+        trained_pair.engine.prepare([load_media(media_dir / "clip.mp4")], QUESTION)

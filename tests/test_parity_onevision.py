@@ -1,0 +1,236 @@
+"""Parity of our LLaVA-OneVision pipeline with transformers 4.48.3 on tiny random checkpoints.
+
+Real geometry (384-px SigLIP, 729 tokens per view, 36 pinpoints, anyres_max_9), tiny widths.
+The reference gets what a transformers user would give it (the processor's chat template,
+PIL images, frames from a full decode at the model cards' indices); ours goes through our
+media, prompt, tokenizer, preprocessing and networks. Checked per case: prompt ids,
+pixel values, last-token logits and a 20-token greedy continuation.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpt_onevision import load_reference, make_onevision
+from media_factory import make_image, make_video
+from test_parity_next_video import reference_frames, reference_inputs
+
+from llava_cli.engine import Engine
+from llava_cli.families.llava_onevision import LlavaOnevision, onevision_image_tokens
+from llava_cli.generate import Sampling
+from llava_cli.media import load_media
+
+LOGITS_TOL = 1e-4
+PIXEL_TOL = 1e-5
+QUESTION = "Why is this funny?"
+
+# (width, height) on disk
+IMAGES = {
+    "small.png": (320, 240),  # best 384×384: base + one tile, unpadded to 21×27
+    "mid.png": (640, 480),  # best 768×768: 2×2 tiles, unpadded to 40×54, r = 0.57
+    "wide.png": (1920, 1080),  # 3×5 tiles, r = 1.24 > 1.1: bilinear downsampling to 60×108
+    "tall.png": (200, 1000),  # 3×1 tiles, unpadded columns (odd slack)
+}
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ov-media")
+    make_video(folder / "clip.mp4", frames=30, size=(96, 64), fps=24)
+    for name, size in IMAGES.items():
+        make_image(folder / name, size=size)
+    return folder
+
+
+def _cases(media_dir: Path):
+    from PIL import Image
+
+    def video(name, n):
+        return ("video", media_dir / name, n, reference_frames(media_dir / name, n))
+
+    def image(name):
+        return ("image", media_dir / name, 1, Image.open(media_dir / name).convert("RGB"))
+
+    return {
+        "image-small": [image("small.png")],
+        "image-mid": [image("mid.png")],
+        "image-downsampled": [image("wide.png")],
+        "image-tall": [image("tall.png")],
+        "two-images": [image("mid.png"), image("tall.png")],
+        "video-8": [video("clip.mp4", 8)],
+        "text-only": [],
+        "image+video": [image("tall.png"), video("clip.mp4", 8)],
+    }
+
+
+CASES = ["image-small", "image-mid", "image-downsampled", "image-tall", "two-images", "video-8", "text-only", "image+video"]
+
+
+class Pair:
+    """Our engine and the reference, loaded from the same folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.engine = Engine.load(folder, device="cpu", dtype="float32")
+        self.ref_model, self.processor = load_reference(folder)
+
+    def run(self, media_dir: Path, case: str, system: str | None = None):
+        spec = _cases(media_dir)[case]
+        ours_media = [load_media(path, num_frames=n) for _, path, n, _ in spec]
+        prepared = self.engine.prepare(ours_media, QUESTION, system=system)
+        ref = reference_inputs(self.processor, [(kind, obj) for kind, _, _, obj in spec], QUESTION, system)
+        return prepared, ref
+
+
+def check_case(pair: Pair, media_dir: Path, case: str, system: str | None = None) -> None:
+    prepared, ref = pair.run(media_dir, case, system)
+
+    assert prepared.input_ids == ref["input_ids"][0].tolist()
+
+    images = [i for i in prepared.items if i.kind == "image"]
+    videos = [i for i in prepared.items if i.kind == "video"]
+    assert len(images) == (0 if "pixel_values" not in ref else len(ref["pixel_values"]))
+    for ours, theirs in zip(images, ref.get("pixel_values", [])):
+        views = ours.pixels.shape[0]
+        assert ours.pixels.shape == theirs[:views].shape
+        assert not theirs[views:].any()  # the rest is the processor's batch padding
+        assert (ours.pixels - theirs[:views]).abs().max().item() <= PIXEL_TOL
+    assert len(videos) == (0 if "pixel_values_videos" not in ref else len(ref["pixel_values_videos"]))
+    for ours, theirs in zip(videos, ref.get("pixel_values_videos", [])):
+        assert ours.pixels.shape == theirs.shape
+        assert (ours.pixels - theirs).abs().max().item() <= PIXEL_TOL
+
+    with torch.no_grad():
+        ref_logits = pair.ref_model(**ref).logits[0, -1]
+    ours_logits = pair.engine.logits(prepared)
+    assert (ours_logits - ref_logits).abs().max().item() <= LOGITS_TOL
+
+    with torch.no_grad():
+        ref_out = pair.ref_model.generate(**ref, max_new_tokens=20, do_sample=False)
+    ref_tokens = ref_out[0, ref["input_ids"].shape[1]:].tolist()
+    eos = pair.engine.stop_ids
+    ref_tokens = [t for t in ref_tokens if t not in eos]
+    ours_tokens = list(pair.engine.generate(prepared, Sampling(max_new_tokens=20)))
+    assert len(ref_tokens) >= 5, "the reference stopped at once: the check would be vacuous"
+    assert ours_tokens == ref_tokens
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory) -> Pair:
+    return Pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov", "trained", tied=True))
+
+
+@pytest.fixture(scope="module")
+def untied_pair(tmp_path_factory) -> Pair:
+    return Pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov-untied", "trained", tied=False, seed=1))
+
+
+@pytest.fixture(scope="module")
+def qwen2_pair(tmp_path_factory) -> Pair:
+    return Pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov-qwen2", "qwen2", tied=True, seed=2))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_trained_tokenizer(trained_pair, media_dir, case):
+    check_case(trained_pair, media_dir, case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_untied_head(untied_pair, media_dir, case):
+    check_case(untied_pair, media_dir, case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_qwen2_tokenizer(qwen2_pair, media_dir, case):
+    check_case(qwen2_pair, media_dir, case)
+
+
+def test_parity_with_system_prompt(trained_pair, media_dir):
+    check_case(trained_pair, media_dir, "image-small", system="You are a helpful assistant.")
+
+
+# ---------------------------------------------------------------------------------------
+# The checkpoints and cases really exercise what they claim to.
+
+def _stored_keys(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as handle:
+        return set(handle.keys())
+
+
+def test_tied_checkpoint_shares_the_embedding(trained_pair):
+    assert "language_model.lm_head.weight" not in _stored_keys(trained_pair.folder)
+    text = trained_pair.engine.model.text
+    assert trained_pair.engine.family.text_config.tie_word_embeddings
+    assert text.lm_head.weight is text.embed.weight
+
+
+def test_untied_checkpoint_has_its_own_head(untied_pair):
+    assert "language_model.lm_head.weight" in _stored_keys(untied_pair.folder)
+    text = untied_pair.engine.model.text
+    assert not untied_pair.engine.family.text_config.tie_word_embeddings
+    assert not torch.equal(text.lm_head.weight, text.embed.weight)
+
+
+def test_config_is_what_we_think(trained_pair):
+    family = trained_pair.engine.family
+    assert isinstance(family, LlavaOnevision)
+    assert family.vision_config.kind == "siglip_vision_model" and family.vision_config.grid == 27
+    assert len(trained_pair.engine.model.vision.blocks) == family.vision_config.num_layers  # layer -1
+    assert family.select_strategy == "full" and family.tokens_per_tile == 729
+    assert family.text_config.qkv_bias and family.text_config.num_kv_heads < family.text_config.num_heads
+    assert trained_pair.engine.tokenizer.bos_token_id is None
+
+
+def test_cases_hit_the_geometry_they_claim(trained_pair, media_dir):
+    prepared, _ = trained_pair.run(media_dir, "image-downsampled")
+    (item,) = prepared.items
+    family = trained_pair.engine.family
+    assert family.grid_after_unpad(1080, 1920) == (75, 135) and family.image_grid(1080, 1920) == (60, 108)
+    assert item.num_tokens == onevision_image_tokens(1080, 1920) == 7269
+    assert item.pixels.shape[0] == 16  # base + 3×5 tiles
+
+    prepared, _ = trained_pair.run(media_dir, "two-images")
+    assert [i.num_tokens for i in prepared.items] == [onevision_image_tokens(480, 640),
+                                                      onevision_image_tokens(1000, 200)] == [2929, 2187]
+    prepared, _ = trained_pair.run(media_dir, "image-small")
+    assert prepared.items[0].pixels.shape[0] == 2 and prepared.items[0].num_tokens == 729 + 21 * 28
+    prepared, _ = trained_pair.run(media_dir, "video-8")
+    assert prepared.items[0].num_tokens == 1569
+
+
+def test_reduce_feature_map_only_above_the_threshold(trained_pair):
+    """anyres_max_9 shrinks 75×135 (r = 1.24) and leaves 40×54 (r = 0.57) as it is."""
+    family = trained_pair.engine.family
+    fmap = torch.randn(8, 75, 135)
+    assert family.reduce_feature_map(fmap).shape == (8, 60, 108)
+    small = torch.randn(8, 40, 54)
+    assert family.reduce_feature_map(small) is small
+
+
+def test_square_multi_image_path(trained_pair, media_dir, monkeypatch):
+    """The newer-transformers multi-image path (off by default): one padded view, 730 tokens."""
+    family = trained_pair.engine.family
+    monkeypatch.setattr(type(family), "square_multi_image", True)
+    prepared, _ = trained_pair.run(media_dir, "two-images")
+    assert [i.num_tokens for i in prepared.items] == [730, 730]
+    assert all(i.pixels.shape == (1, 3, 384, 384) for i in prepared.items)
+    # the padding is the mean colour: 127 → (127/255 − 0.5)/0.5
+    tall = prepared.items[1].pixels[0]
+    assert torch.allclose(tall[:, :, 0], torch.full_like(tall[:, :, 0], (127 / 255 - 0.5) / 0.5), atol=1e-6)
+    features = family.encode(trained_pair.engine.model, prepared.items[0])
+    assert features.shape == (730, trained_pair.engine.family.text_config.hidden_size)
+    assert torch.equal(features[-1], trained_pair.engine.model.image_newline)
+    assert trained_pair.engine.logits(prepared).isfinite().all()
+
+
+def test_llava_cli_onevision_does_not_import_transformers():
+    code = ("import sys, llava_cli.families, llava_cli.families.llava_onevision, llava_cli.engine; "
+            "sys.exit(1 if any(m == 'transformers' or m.startswith('transformers.') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
