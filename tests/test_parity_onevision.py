@@ -183,7 +183,7 @@ def test_config_is_what_we_think(trained_pair):
     assert isinstance(family, LlavaOnevision)
     assert family.vision_config.kind == "siglip_vision_model" and family.vision_config.grid == 27
     assert len(trained_pair.engine.model.vision.blocks) == family.vision_config.num_layers  # layer -1
-    assert family.select_strategy == "full" and family.tokens_per_tile == 729
+    assert family.select_strategy == "full" and family.tokens_per_view == 729
     assert family.text_config.qkv_bias and family.text_config.num_kv_heads < family.text_config.num_heads
     assert trained_pair.engine.tokenizer.bos_token_id is None
 

@@ -87,7 +87,7 @@ def test_family_geometry(family):
     """The real config gives what §3 assumes: 336-px tiles, a 24×24 grid, 576 tokens per tile."""
     assert family.vision_config.image_size == 336
     assert family.vision_config.grid == 24
-    assert family.tokens_per_tile == 576
+    assert family.tokens_per_view == 576
     assert family.pinpoints == NEXT_PINPOINTS
     assert family.token_ids() == {"image": 32000}
     text = family.text_config

@@ -96,7 +96,7 @@ def test_hub_family_config(hub_family):
     assert hub_family.token_ids() == {"image": 151646, "video": 151647}
     assert hub_family.vision_config.grid == 27 and hub_family.vision_config.num_layers == 26
     assert not hub_family.vision_config.has_class_token
-    assert hub_family.tokens_per_tile == 729
+    assert hub_family.tokens_per_view == 729
     assert hub_family.text_config.qkv_bias and hub_family.text_config.num_kv_heads == 2
     assert hub_family.text_config.tie_word_embeddings  # text_config decides, as in 4.48.3
     assert hub_family.image_pixels.tile == 384 and hub_family.image_pixels.crop is None

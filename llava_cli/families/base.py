@@ -65,6 +65,8 @@ class Family:
     defaults: ClassVar[dict] = {}
     default_frames: ClassVar[int] = 8
     trained_frames: ClassVar[int | None] = None  # a family trained on exactly this many frames
+    towers: ClassVar[tuple[str, ...]] = ("vision",)  # vision tower module names
+    image_newline: ClassVar[bool] = False  # has a learned image_newline vector
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
@@ -85,7 +87,11 @@ class Family:
 
     # -- model -------------------------------------------------------------------------
     def build(self) -> nn.Module:
-        raise NotImplementedError
+        """The model's modules (call under ``torch.device("meta")``; the loader fills them)."""
+        return LlavaModel(self.text_config, self.vision_config, self.feature_layer,
+                          projector_act=self.config.get("projector_hidden_act", "gelu"),
+                          projector_bias=self.config.get("multimodal_projector_bias", True),
+                          image_newline=self.image_newline, towers=self.towers)
 
     def token_ids(self) -> dict[str, int]:
         """Placeholder ids by media kind."""
@@ -113,6 +119,13 @@ class Family:
         raise ModelError(f"{self.title} does not take videos")
 
     # -- helpers -----------------------------------------------------------------------
+    @property
+    def tokens_per_view(self) -> int:
+        """Tokens one vision-tower view yields: the patch grid, plus the class token when
+        the select strategy keeps it ("full" on CLIP)."""
+        extra = 1 if self.select_strategy == "full" and self.vision_config.has_class_token else 0
+        return self.vision_config.grid ** 2 + extra
+
     def select_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """Drop the class token under the "default" strategy."""
         if self.select_strategy == "default" and self.vision_config.has_class_token:

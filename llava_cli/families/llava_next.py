@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import processing as px
 from ..errors import ModelError
-from .base import Family, LlavaModel, MediaInput
+from .base import Family, MediaInput
 
 NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
@@ -18,6 +18,7 @@ class LlavaNext(Family):
     title = "LLaVA-NeXT"
     model_types = ("llava_next",)
     architectures = ("LlavaNextForConditionalGeneration",)
+    image_newline = True
     defaults = {"image_token_index": 32000, "vision_feature_layer": -2,
                 "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
                 "multimodal_projector_bias": True}
@@ -35,21 +36,11 @@ class LlavaNext(Family):
             raise ModelError(f"preprocessor tile {self.image_pixels.tile}px does not match the "
                              f"vision tower's {tile}px")
 
-    def build(self) -> nn.Module:
-        return LlavaModel(self.text_config, self.vision_config, self.feature_layer,
-                          projector_act=self.config.get("projector_hidden_act", "gelu"),
-                          projector_bias=self.config.get("multimodal_projector_bias", True),
-                          image_newline=True)
 
     def token_ids(self) -> dict[str, int]:
         return {"image": int(self.config["image_token_index"])}
 
     # -- images ------------------------------------------------------------------------
-    @property
-    def tokens_per_tile(self) -> int:
-        return self.vision_config.grid ** 2 + (1 if self.select_strategy == "full" and
-                                               self.vision_config.has_class_token else 0)
-
     def grid_after_unpad(self, height: int, width: int) -> tuple[int, int]:
         rows, cols = px.select_best_resolution(height, width, self.pinpoints)
         tile = self.vision_config.image_size
@@ -59,7 +50,7 @@ class LlavaNext(Family):
     def image_tokens(self, height: int, width: int) -> int:
         """Base view + unpadded feature map with one newline per row."""
         rows, cols = self.grid_after_unpad(height, width)
-        return self.tokens_per_tile + rows * (cols + 1)
+        return self.tokens_per_view + rows * (cols + 1)
 
     def prepare_image(self, image: np.ndarray) -> MediaInput:
         views = px.anyres_views(image, self.image_pixels)

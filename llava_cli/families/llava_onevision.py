@@ -207,10 +207,10 @@ class LlavaOnevision(LlavaNext):
 
     def image_tokens(self, height: int, width: int) -> int:
         rows, cols = self.image_grid(height, width)
-        return self.tokens_per_tile + rows * (cols + 1)
+        return self.tokens_per_view + rows * (cols + 1)
 
     def square_image_tokens(self) -> int:
-        return self.tokens_per_tile + 1
+        return self.tokens_per_view + 1
 
     @property
     def pooled_grid(self) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import processing as px
 from ..errors import ModelError
-from .base import Family, LlavaModel, MediaInput
+from .base import Family, MediaInput
 
 
 class VideoLlava(Family):
@@ -36,6 +36,7 @@ class VideoLlava(Family):
                 "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
                 "multimodal_projector_bias": True}
     trained_frames: ClassVar[int] = 8  # the checkpoint was trained on exactly 8 frames per video
+    towers = ("image_tower", "video_tower")
 
     def __init__(self, checkpoint) -> None:
         super().__init__(checkpoint)
@@ -48,22 +49,12 @@ class VideoLlava(Family):
             raise ModelError(f"preprocessor view {self.pixels.tile}px does not match the "
                              f"vision tower's {tile}px")
 
-    def build(self) -> nn.Module:
-        return LlavaModel(self.text_config, self.vision_config, self.feature_layer,
-                          projector_act=self.config.get("projector_hidden_act", "gelu"),
-                          projector_bias=self.config.get("multimodal_projector_bias", True),
-                          towers=("image_tower", "video_tower"))
 
     def token_ids(self) -> dict[str, int]:
         return {"image": int(self.config["image_token_index"]),
                 "video": int(self.config["video_token_index"])}
 
     # -- token counts -------------------------------------------------------------------
-    @property
-    def tokens_per_image(self) -> int:
-        extra = 1 if self.select_strategy == "full" and self.vision_config.has_class_token else 0
-        return self.vision_config.grid ** 2 + extra
-
     @property
     def tokens_per_frame(self) -> int:
         """Every token of the tower, class token included."""
@@ -76,7 +67,7 @@ class VideoLlava(Family):
     def prepare_image(self, image: np.ndarray) -> MediaInput:
         pixels = torch.from_numpy(px.standard_view(image, self.pixels))[None]
         height, width = image.shape[:2]
-        return MediaInput("image", pixels, self.tokens_per_image, self.token_ids()["image"], (height, width))
+        return MediaInput("image", pixels, self.tokens_per_view, self.token_ids()["image"], (height, width))
 
     def prepare_video(self, frames: np.ndarray) -> MediaInput:
         pixels = torch.from_numpy(np.stack([px.standard_view(f, self.pixels) for f in frames]))
