@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parity import load_pretrained
 from tokenizer_factory import SHARED, add_tokens, real_llama2_tokenizer, train_llama_tokenizer
 
 NEXT_VIDEO_TEMPLATE_KEY = "llava-hf/LLaVA-NeXT-Video-7B-hf"
@@ -113,8 +114,4 @@ def make_next_video(folder: Path, spec: TinySpec | None = None) -> Path:
 
 def load_reference(folder: Path):
     """The reference model and processor, loaded from the folder as a user would."""
-    from transformers import LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor
-
-    model = LlavaNextVideoForConditionalGeneration.from_pretrained(folder, torch_dtype="float32").eval()
-    processor = LlavaNextVideoProcessor.from_pretrained(folder)
-    return model, processor
+    return load_pretrained(folder, "LlavaNextVideoForConditionalGeneration", "LlavaNextVideoProcessor")

@@ -6,8 +6,6 @@ Same approach as checkpoints.py (which is for LLaVA-NeXT-Video): transformers 4.
 the processor is saved with the hub's settings and the real chat template. Real pixel
 geometry (336 px / 224 px), tiny widths, init std 0.1 with biases and norms randomised too,
 so greedy choices are well separated. transformers is imported inside functions only.
-
-Also the parity check both test files share.
 """
 
 from __future__ import annotations
@@ -17,13 +15,12 @@ from pathlib import Path
 import torch
 
 from checkpoints import hub_template
+from parity import load_pretrained
 from tokenizer_factory import add_tokens, real_llama2_tokenizer, train_llama_tokenizer
 
 LLAVA15_TEMPLATE_KEY = "llava-hf/llava-1.5-7b-hf"
 VIDEO_LLAVA_TEMPLATE_KEY = "LanguageBind/Video-LLaVA-7B-hf"
 
-LOGITS_TOL = 1e-4
-PIXEL_TOL = 1e-5
 INIT_STD = 0.1
 
 
@@ -135,47 +132,8 @@ def make_video_llava(folder: Path, tokenizer: str = "trained", seed: int = 0) ->
 
 
 def load_llava15_reference(folder: Path):
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
-
-    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype="float32").eval()
-    return model, LlavaProcessor.from_pretrained(folder)
+    return load_pretrained(folder, "LlavaForConditionalGeneration", "LlavaProcessor")
 
 
 def load_video_llava_reference(folder: Path):
-    from transformers import VideoLlavaForConditionalGeneration, VideoLlavaProcessor
-
-    model = VideoLlavaForConditionalGeneration.from_pretrained(folder, torch_dtype="float32").eval()
-    return model, VideoLlavaProcessor.from_pretrained(folder)
-
-
-def _views(pixels: torch.Tensor) -> torch.Tensor:
-    """(…, 3, S, S) → (views, 3, S, S)."""
-    return pixels.reshape(-1, *pixels.shape[-3:])
-
-
-def check_parity(engine, ref_model, prepared, ref, *, image_key: str) -> None:
-    """Prompt ids, pixel values, last-token logits and a 20-token greedy continuation."""
-    from llava_cli.generate import Sampling
-
-    assert prepared.input_ids == ref["input_ids"][0].tolist()
-
-    for kind, key in (("image", image_key), ("video", "pixel_values_videos")):
-        ours = [item.pixels for item in prepared.items if item.kind == kind]
-        if not ours:
-            assert key not in ref
-            continue
-        ours_all, theirs_all = _views(torch.cat(ours)), _views(ref[key])
-        assert ours_all.shape == theirs_all.shape
-        assert (ours_all - theirs_all).abs().max().item() <= PIXEL_TOL
-
-    with torch.no_grad():
-        ref_logits = ref_model(**ref).logits[0, -1]
-    ours_logits = engine.logits(prepared)
-    assert (ours_logits - ref_logits).abs().max().item() <= LOGITS_TOL
-
-    with torch.no_grad():
-        ref_out = ref_model.generate(**ref, max_new_tokens=20, do_sample=False)
-    ref_tokens = [t for t in ref_out[0, ref["input_ids"].shape[1]:].tolist() if t not in engine.stop_ids]
-    ours_tokens = list(engine.generate(prepared, Sampling(max_new_tokens=20)))
-    assert len(ref_tokens) >= 5, "the reference stopped at once: the check would be vacuous"
-    assert ours_tokens == ref_tokens
+    return load_pretrained(folder, "VideoLlavaForConditionalGeneration", "VideoLlavaProcessor")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoints import hub_template
+from parity import load_pretrained
 from tokenizer_factory import (SHARED, SHARED_TOKENIZERS, _training_sentences, add_tokens,
                                real_llama2_tokenizer, train_llama_tokenizer)
 
@@ -277,9 +278,5 @@ def make_next(folder: Path, spec: NextSpec) -> Path:
 
 def load_reference(folder: Path, attn: str = "sdpa"):
     """The reference model and processor, loaded from the folder as a user would."""
-    from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
-
-    model = LlavaNextForConditionalGeneration.from_pretrained(folder, torch_dtype="float32",
-                                                              attn_implementation=attn).eval()
-    processor = LlavaNextProcessor.from_pretrained(folder)
-    return model, processor
+    return load_pretrained(folder, "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
+                           attn_implementation=attn)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from checkpoints import hub_template
+from parity import load_pretrained
 from tokenizer_factory import SHARED_TOKENIZERS, _training_sentences, add_tokens
 
 ONEVISION_TEMPLATE_KEY = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -148,8 +149,4 @@ def make_onevision(folder: Path, tokenizer: str = "trained", tied: bool = True, 
 
 def load_reference(folder: Path):
     """The reference model and processor, loaded from the folder as a user would."""
-    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
-
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(folder, torch_dtype="float32").eval()
-    processor = LlavaOnevisionProcessor.from_pretrained(folder)
-    return model, processor
+    return load_pretrained(folder, "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor")

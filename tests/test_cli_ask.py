@@ -15,7 +15,7 @@ import torch
 from checkpoints import load_reference, make_next_video
 from media_factory import make_video, random_bytes
 
-from test_parity_next_video import reference_frames
+from parity import reference_frames
 
 LLAVA = [sys.executable, "-m", "llava_cli"]
 

@@ -15,7 +15,7 @@ import torch
 from checkpoints import TinySpec, make_next_video
 from media_factory import make_video
 from test_cli_ask import assert_one_line_error, run_llava
-from test_parity_next_video import reference_frames, reference_inputs
+from parity import reference_frames, reference_inputs
 
 from llava_cli.engine import Engine
 from llava_cli.errors import PromptError

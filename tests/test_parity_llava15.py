@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_llava import check_parity, load_llava15_reference, make_llava15
+from ckpt_llava import load_llava15_reference, make_llava15
 from media_factory import make_image, make_video
+from parity import Pair, image
 
-from llava_cli.engine import Engine
 from llava_cli.errors import ModelError
 from llava_cli.media import load_media
 
@@ -30,35 +30,23 @@ def media_dir(tmp_path_factory) -> Path:
     return folder
 
 
-class Pair:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.engine = Engine.load(folder, device="cpu", dtype="float32")
-        self.ref_model, self.processor = load_llava15_reference(folder)
+def llava15_pair(folder: Path) -> Pair:
+    """One 336-px view per image, no batch padding."""
+    return Pair(folder, load_llava15_reference, question=QUESTION)
 
-    def check(self, media_dir: Path, images: list[str], system: str | None = None) -> None:
-        from PIL import Image
 
-        ours_media = [load_media(media_dir / name) for name in images]
-        prepared = self.engine.prepare(ours_media, QUESTION, system=system)
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": QUESTION}]
-        conversation = [{"role": "user", "content": content}]
-        if system:
-            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-        prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        pil = [Image.open(media_dir / name).convert("RGB") for name in images] or None
-        ref = self.processor(text=prompt, images=pil, return_tensors="pt")
-        check_parity(self.engine, self.ref_model, prepared, ref, image_key="pixel_values")
+def check(pair: Pair, media_dir: Path, images: list[str]) -> None:
+    pair.check([image(media_dir / name) for name in images])
 
 
 @pytest.fixture(scope="module")
 def trained_pair(tmp_path_factory) -> Pair:
-    return Pair(make_llava15(tmp_path_factory.mktemp("ckpt") / "tiny-llava15"))
+    return llava15_pair(make_llava15(tmp_path_factory.mktemp("ckpt") / "tiny-llava15"))
 
 
 @pytest.fixture(scope="module")
 def llama2_pair(tmp_path_factory) -> Pair:
-    return Pair(make_llava15(tmp_path_factory.mktemp("ckpt") / "tiny-llava15-llama2", tokenizer="llama2"))
+    return llava15_pair(make_llava15(tmp_path_factory.mktemp("ckpt") / "tiny-llava15-llama2", tokenizer="llama2"))
 
 
 CASES = {"image-wide": ["wide.png"], "image-tall": ["tall.png"], "text-only": []}
@@ -66,13 +54,13 @@ CASES = {"image-wide": ["wide.png"], "image-tall": ["tall.png"], "text-only": []
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_trained_tokenizer(trained_pair, media_dir, case):
-    trained_pair.check(media_dir, CASES[case])
+    check(trained_pair, media_dir, CASES[case])
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_llama2_tokenizer(llama2_pair, media_dir, case):
     assert llama2_pair.engine.family.token_ids() == {"image": 32000}  # the hub id: <image> right after the Llama-2 pieces
-    llama2_pair.check(media_dir, CASES[case])
+    check(llama2_pair, media_dir, CASES[case])
 
 
 def test_family_and_geometry(trained_pair, media_dir):

@@ -19,16 +19,12 @@ import torch
 
 from ckpt_next import SPECS, load_reference, make_next
 from media_factory import make_image
+from parity import LOGITS_TOL, QUESTION, Pair, check_parity, image
 
 from llava_cli.engine import Engine
-from llava_cli.generate import Sampling
-from llava_cli.media import load_media
 from llava_cli.nn.attention import attend
 from llava_cli.prompt import BUILTIN_TEMPLATES
 
-LOGITS_TOL = 1e-4
-PIXEL_TOL = 1e-5
-QUESTION = "Why is this funny?"
 SYSTEM = "You are a helpful assistant."
 
 
@@ -40,103 +36,52 @@ def media_dir(tmp_path_factory) -> Path:
     return folder
 
 
-class Pair:
-    """Our engine and the reference, loaded from the same folder."""
+class BackbonePair(Pair):
+    """A Pair that knows its spec. Anyres images are padded to the batch's most views; Qwen2
+    prompts open with <|im_start|> and have no BOS, the others exactly one; the continuation
+    must not be one repeated token (the seeds are chosen for it)."""
 
     def __init__(self, name: str, folder: Path) -> None:
         self.name = name
         self.spec = SPECS[name]
-        self.folder = folder
-        self.engine = Engine.load(folder, device="cpu", dtype="float32")
-        self.ref_model, self.processor = load_reference(folder)
+        opening = "<|im_start|>" if self.spec.model_type == "qwen2" else None
+        super().__init__(folder, load_reference, padded_images=True, opening=opening, min_distinct=3)
 
-    def inputs(self, media_dir: Path, image: str | None, system: str | None = None):
-        from PIL import Image
-
-        ours_media = [load_media(media_dir / image)] if image else []
-        prepared = self.engine.prepare(ours_media, QUESTION, system=system)
-        content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": QUESTION}]
-        conversation = [{"role": "user", "content": content}]
-        if system:
-            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-        prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        images = [Image.open(media_dir / image).convert("RGB")] if image else None
-        ref = self.processor(text=prompt, images=images, return_tensors="pt")
-        return prepared, ref
+    def inputs(self, media_dir: Path, image_name: str | None, system: str | None = None):
+        return self.prepare(media(media_dir, image_name), system)
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """Checkpoints are built on first use and kept for the module (a few MB each; the one with
     the real 151k-token Qwen2 vocabulary about 80 MB)."""
-    built: dict[str, Pair] = {}
+    built: dict[str, BackbonePair] = {}
 
-    def get(name: str) -> Pair:
+    def get(name: str) -> BackbonePair:
         if name not in built:
             folder = make_next(tmp_path_factory.mktemp("ckpt") / f"tiny-next-{name}", SPECS[name])
-            built[name] = Pair(name, folder)
+            built[name] = BackbonePair(name, folder)
         return built[name]
 
     yield get
     built.clear()
 
 
-def _stop_ids(pair: Pair) -> frozenset[int]:
-    """The EOS the reference's generate stops on; ours must be the same set."""
-    eos = pair.ref_model.generation_config.eos_token_id
-    eos = frozenset([eos] if isinstance(eos, int) else eos)
-    assert eos == pair.engine.stop_ids
-    return eos
+def media(media_dir: Path, image_name: str | None):
+    return [image(media_dir / image_name)] if image_name else []
 
 
-def check_case(pair: Pair, media_dir: Path, image: str | None, system: str | None = None) -> None:
-    prepared, ref = pair.inputs(media_dir, image, system)
-    ids = ref["input_ids"][0].tolist()
-    assert prepared.input_ids == ids
-
-    tok = pair.engine.tokenizer
-    if pair.spec.model_type == "qwen2":
-        assert tok.bos_token_id is None and ids[0] == tok.token_to_id("<|im_start|>")  # no BOS
-    else:
-        assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id  # exactly one BOS
-
-    if image:
-        (item,) = prepared.items
-        theirs = ref["pixel_values"][0]
-        assert item.pixels.shape == theirs[: item.pixels.shape[0]].shape
-        assert (item.pixels - theirs[: item.pixels.shape[0]]).abs().max().item() <= PIXEL_TOL
-        assert ids.count(pair.engine.family.token_ids()["image"]) == item.num_tokens
-
-    compare_outputs(pair.engine, pair.ref_model, prepared, ref, _stop_ids(pair))
-
-
-def compare_outputs(engine: Engine, ref_model, prepared, ref, stop: frozenset[int]) -> None:
-    """Last-token logits, then 20 greedy tokens (the reference's cut at its first stop id)."""
-    with torch.no_grad():
-        ref_logits = ref_model(**ref).logits[0, -1]
-    ours_logits = engine.logits(prepared)
-    assert (ours_logits - ref_logits).abs().max().item() <= LOGITS_TOL
-
-    with torch.no_grad():
-        ref_out = ref_model.generate(**ref, max_new_tokens=20, do_sample=False)
-    ref_tokens = ref_out[0, ref["input_ids"].shape[1]:].tolist()
-    for i, token in enumerate(ref_tokens):
-        if token in stop:
-            ref_tokens = ref_tokens[:i]
-            break
-    ours_tokens = list(engine.generate(prepared, Sampling(max_new_tokens=20)))
-    assert len(ref_tokens) >= 5, "the reference stopped at once: the check would be vacuous"
-    assert len(set(ref_tokens)) >= 3, "one repeated token: the decode check would be weak"
-    assert ours_tokens == ref_tokens
+def check_case(pair: BackbonePair, media_dir: Path, image_name: str | None, system: str | None = None) -> None:
+    pair.check(media(media_dir, image_name), system)
 
 
 NAMES = list(SPECS)
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("image", ["wide.png", None], ids=["image-anyres", "text-only"])
-def test_parity(pairs, media_dir, name, image):
-    check_case(pairs(name), media_dir, image)
+@pytest.mark.parametrize("image_name", ["wide.png", None], ids=["image-anyres", "text-only"])
+def test_parity(pairs, media_dir, name, image_name):
+    check_case(pairs(name), media_dir, image_name)
 
 
 def test_parity_tall_image_with_sliding_window(pairs, media_dir):
@@ -200,8 +145,8 @@ def test_builtin_template_when_the_checkpoint_ships_none(pairs, media_dir, name,
     (folder / "chat_template.json").unlink()
     engine = Engine.load(folder, device="cpu", dtype="float32")
     assert engine.template == BUILTIN_TEMPLATES[pair.spec.builtin]
-    for image, system in (("wide.png", None), (None, SYSTEM)):
-        prepared, _ = pair.inputs(media_dir, image, system)
+    for image_name, system in (("wide.png", None), (None, SYSTEM)):
+        prepared, _ = pair.inputs(media_dir, image_name, system)
         again = engine.prepare(prepared.media, QUESTION, system=system)
         assert (again.text, again.input_ids) == (prepared.text, prepared.input_ids)
 
@@ -235,10 +180,10 @@ def test_eager_backend_with_sliding_window(pairs, media_dir):
     engine = Engine.load(pair.folder, device="cpu", dtype="float32", attn="eager")
     ref_model, _ = load_reference(pair.folder, attn="eager")
     assert ref_model.config.text_config._attn_implementation == "eager"
-    for image in ("wide.png", None):
-        prepared, ref = pair.inputs(media_dir, image)
+    for image_name in ("wide.png", None):
+        prepared, ref = pair.inputs(media_dir, image_name)
         prepared = engine.prepare(prepared.media, QUESTION)
-        compare_outputs(engine, ref_model, prepared, ref, _stop_ids(pair))
+        check_parity(engine, ref_model, prepared, ref, **pair.checks)
 
 
 def _reference_mask(window: int | None, start: int, q_len: int, kv_len: int) -> torch.Tensor:

@@ -18,16 +18,9 @@ import torch
 
 from ckpt_onevision import load_reference, make_onevision
 from media_factory import make_image, make_video
-from test_parity_next_video import reference_frames, reference_inputs
+from parity import Pair, image, video
 
-from llava_cli.engine import Engine
 from llava_cli.families.llava_onevision import LlavaOnevision, onevision_image_tokens
-from llava_cli.generate import Sampling
-from llava_cli.media import load_media
-
-LOGITS_TOL = 1e-4
-PIXEL_TOL = 1e-5
-QUESTION = "Why is this funny?"
 
 # (width, height) on disk
 IMAGES = {
@@ -47,92 +40,47 @@ def media_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def _cases(media_dir: Path):
-    from PIL import Image
-
-    def video(name, n):
-        return ("video", media_dir / name, n, reference_frames(media_dir / name, n))
-
-    def image(name):
-        return ("image", media_dir / name, 1, Image.open(media_dir / name).convert("RGB"))
-
-    return {
-        "image-small": [image("small.png")],
-        "image-mid": [image("mid.png")],
-        "image-downsampled": [image("wide.png")],
-        "image-tall": [image("tall.png")],
-        "two-images": [image("mid.png"), image("tall.png")],
-        "video-8": [video("clip.mp4", 8)],
-        "text-only": [],
-        "image+video": [image("tall.png"), video("clip.mp4", 8)],
-    }
+MEDIA = {
+    "image-small": lambda d: [image(d / "small.png")],
+    "image-mid": lambda d: [image(d / "mid.png")],
+    "image-downsampled": lambda d: [image(d / "wide.png")],
+    "image-tall": lambda d: [image(d / "tall.png")],
+    "two-images": lambda d: [image(d / "mid.png"), image(d / "tall.png")],
+    "video-8": lambda d: [video(d / "clip.mp4", 8)],
+    "text-only": lambda d: [],
+    "image+video": lambda d: [image(d / "tall.png"), video(d / "clip.mp4", 8)],
+}
+CASES = list(MEDIA)
 
 
-CASES = ["image-small", "image-mid", "image-downsampled", "image-tall", "two-images", "video-8", "text-only", "image+video"]
-
-
-class Pair:
-    """Our engine and the reference, loaded from the same folder."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.engine = Engine.load(folder, device="cpu", dtype="float32")
-        self.ref_model, self.processor = load_reference(folder)
-
-    def run(self, media_dir: Path, case: str, system: str | None = None):
-        spec = _cases(media_dir)[case]
-        ours_media = [load_media(path, num_frames=n) for _, path, n, _ in spec]
-        prepared = self.engine.prepare(ours_media, QUESTION, system=system)
-        ref = reference_inputs(self.processor, [(kind, obj) for kind, _, _, obj in spec], QUESTION, system)
-        return prepared, ref
+def onevision_pair(folder: Path) -> Pair:
+    """Anyres images padded to the batch's most views; Qwen2 prompts open with <|im_start|>, no BOS."""
+    return Pair(folder, load_reference, padded_images=True, opening="<|im_start|>")
 
 
 def check_case(pair: Pair, media_dir: Path, case: str, system: str | None = None) -> None:
-    prepared, ref = pair.run(media_dir, case, system)
+    pair.check(MEDIA[case](media_dir), system)
 
-    assert prepared.input_ids == ref["input_ids"][0].tolist()
 
-    images = [i for i in prepared.items if i.kind == "image"]
-    videos = [i for i in prepared.items if i.kind == "video"]
-    assert len(images) == (0 if "pixel_values" not in ref else len(ref["pixel_values"]))
-    for ours, theirs in zip(images, ref.get("pixel_values", [])):
-        views = ours.pixels.shape[0]
-        assert ours.pixels.shape == theirs[:views].shape
-        assert not theirs[views:].any()  # the rest is the processor's batch padding
-        assert (ours.pixels - theirs[:views]).abs().max().item() <= PIXEL_TOL
-    assert len(videos) == (0 if "pixel_values_videos" not in ref else len(ref["pixel_values_videos"]))
-    for ours, theirs in zip(videos, ref.get("pixel_values_videos", [])):
-        assert ours.pixels.shape == theirs.shape
-        assert (ours.pixels - theirs).abs().max().item() <= PIXEL_TOL
-
-    with torch.no_grad():
-        ref_logits = pair.ref_model(**ref).logits[0, -1]
-    ours_logits = pair.engine.logits(prepared)
-    assert (ours_logits - ref_logits).abs().max().item() <= LOGITS_TOL
-
-    with torch.no_grad():
-        ref_out = pair.ref_model.generate(**ref, max_new_tokens=20, do_sample=False)
-    ref_tokens = ref_out[0, ref["input_ids"].shape[1]:].tolist()
-    eos = pair.engine.stop_ids
-    ref_tokens = [t for t in ref_tokens if t not in eos]
-    ours_tokens = list(pair.engine.generate(prepared, Sampling(max_new_tokens=20)))
-    assert len(ref_tokens) >= 5, "the reference stopped at once: the check would be vacuous"
-    assert ours_tokens == ref_tokens
+def case_inputs(pair: Pair, media_dir: Path, case: str):
+    return pair.prepare(MEDIA[case](media_dir))
 
 
 @pytest.fixture(scope="module")
 def trained_pair(tmp_path_factory) -> Pair:
-    return Pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov", "trained", tied=True))
+    return onevision_pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov", "trained", tied=True))
 
 
 @pytest.fixture(scope="module")
 def untied_pair(tmp_path_factory) -> Pair:
-    return Pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov-untied", "trained", tied=False, seed=1))
+    return onevision_pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov-untied", "trained", tied=False,
+                                         seed=1))
 
 
 @pytest.fixture(scope="module")
 def qwen2_pair(tmp_path_factory) -> Pair:
-    return Pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov-qwen2", "qwen2", tied=True, seed=2))
+    return onevision_pair(make_onevision(tmp_path_factory.mktemp("ckpt") / "tiny-ov-qwen2", "qwen2", tied=True,
+                                         seed=2))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -189,19 +137,19 @@ def test_config_is_what_we_think(trained_pair):
 
 
 def test_cases_hit_the_geometry_they_claim(trained_pair, media_dir):
-    prepared, _ = trained_pair.run(media_dir, "image-downsampled")
+    prepared, _ = case_inputs(trained_pair, media_dir, "image-downsampled")
     (item,) = prepared.items
     family = trained_pair.engine.family
     assert family.grid_after_unpad(1080, 1920) == (75, 135) and family.image_grid(1080, 1920) == (60, 108)
     assert item.num_tokens == onevision_image_tokens(1080, 1920) == 7269
     assert item.pixels.shape[0] == 16  # base + 3×5 tiles
 
-    prepared, _ = trained_pair.run(media_dir, "two-images")
+    prepared, _ = case_inputs(trained_pair, media_dir, "two-images")
     assert [i.num_tokens for i in prepared.items] == [onevision_image_tokens(480, 640),
                                                       onevision_image_tokens(1000, 200)] == [2929, 2187]
-    prepared, _ = trained_pair.run(media_dir, "image-small")
+    prepared, _ = case_inputs(trained_pair, media_dir, "image-small")
     assert prepared.items[0].pixels.shape[0] == 2 and prepared.items[0].num_tokens == 729 + 21 * 28
-    prepared, _ = trained_pair.run(media_dir, "video-8")
+    prepared, _ = case_inputs(trained_pair, media_dir, "video-8")
     assert prepared.items[0].num_tokens == 1569
 
 
@@ -218,7 +166,7 @@ def test_square_multi_image_path(trained_pair, media_dir, monkeypatch):
     """The newer-transformers multi-image path (off by default): one padded view, 730 tokens."""
     family = trained_pair.engine.family
     monkeypatch.setattr(type(family), "square_multi_image", True)
-    prepared, _ = trained_pair.run(media_dir, "two-images")
+    prepared, _ = case_inputs(trained_pair, media_dir, "two-images")
     assert [i.num_tokens for i in prepared.items] == [730, 730]
     assert all(i.pixels.shape == (1, 3, 384, 384) for i in prepared.items)
     # the padding is the mean colour: 127 → (127/255 − 0.5)/0.5

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_llava import check_parity, load_video_llava_reference, make_video_llava
+from ckpt_llava import load_video_llava_reference, make_video_llava
 from media_factory import make_image, make_video
-from test_parity_next_video import reference_frames
+from parity import Pair, image, video
 
-from llava_cli.engine import Engine
-from llava_cli.media import load_media
-
-QUESTION = "Why is this funny?"
 FRAMES = 8
 
 
@@ -30,54 +26,25 @@ def media_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def reference_inputs(processor, media: list[tuple[str, object]], question: str, system: str | None = None):
-    content = [{"type": kind} for kind, _ in media] + [{"type": "text", "text": question}]
-    conversation = [{"role": "user", "content": content}]
-    if system:
-        conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    images = [obj for kind, obj in media if kind == "image"] or None
-    videos = [obj for kind, obj in media if kind == "video"] or None
-    if images is None and videos is None:
-        # 4.48.3's VideoLlavaProcessor.__call__ raises UnboundLocalError ('encoded_images')
-        # without media; for text alone it would only run the tokenizer, as here.
-        return processor.tokenizer(prompt, return_tensors="pt")
-    return processor(text=prompt, images=images, videos=videos, return_tensors="pt")
+def video_llava_pair(folder: Path) -> Pair:
+    """Image pixels under pixel_values_images; one 224-px view per image, no batch padding."""
+    return Pair(folder, load_video_llava_reference, image_key="pixel_values_images")
 
 
-class Pair:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.engine = Engine.load(folder, device="cpu", dtype="float32")
-        self.ref_model, self.processor = load_video_llava_reference(folder)
-
-    def prepare(self, media_dir: Path, kinds: list[str], system: str | None = None):
-        from PIL import Image
-
-        ours, theirs = [], []
-        for kind in kinds:
-            if kind == "image":
-                ours.append(load_media(media_dir / "wide.png"))
-                theirs.append(("image", Image.open(media_dir / "wide.png").convert("RGB")))
-            else:
-                ours.append(load_media(media_dir / "clip.mp4", num_frames=FRAMES))
-                theirs.append(("video", reference_frames(media_dir / "clip.mp4", FRAMES)))
-        prepared = self.engine.prepare(ours, QUESTION, system=system)
-        return prepared, reference_inputs(self.processor, theirs, QUESTION, system)
-
-    def check(self, media_dir: Path, kinds: list[str], system: str | None = None) -> None:
-        prepared, ref = self.prepare(media_dir, kinds, system)
-        check_parity(self.engine, self.ref_model, prepared, ref, image_key="pixel_values_images")
+def media(media_dir: Path, kinds: list[str]):
+    return [image(media_dir / "wide.png") if kind == "image" else video(media_dir / "clip.mp4", FRAMES)
+            for kind in kinds]
 
 
 @pytest.fixture(scope="module")
 def trained_pair(tmp_path_factory) -> Pair:
-    return Pair(make_video_llava(tmp_path_factory.mktemp("ckpt") / "tiny-video-llava"))
+    return video_llava_pair(make_video_llava(tmp_path_factory.mktemp("ckpt") / "tiny-video-llava"))
 
 
 @pytest.fixture(scope="module")
 def llama2_pair(tmp_path_factory) -> Pair:
-    return Pair(make_video_llava(tmp_path_factory.mktemp("ckpt") / "tiny-video-llava-llama2", tokenizer="llama2"))
+    return video_llava_pair(make_video_llava(tmp_path_factory.mktemp("ckpt") / "tiny-video-llava-llama2",
+                                             tokenizer="llama2"))
 
 
 CASES = {"image": ["image"], "video-8": ["video"], "image+video": ["image", "video"], "text-only": []}
@@ -85,18 +52,18 @@ CASES = {"image": ["image"], "video-8": ["video"], "image+video": ["image", "vid
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_trained_tokenizer(trained_pair, media_dir, case):
-    trained_pair.check(media_dir, CASES[case])
+    trained_pair.check(media(media_dir, CASES[case]))
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_llama2_tokenizer(llama2_pair, media_dir, case):
     assert llama2_pair.engine.family.token_ids() == {"image": 32000, "video": 32001}
-    llama2_pair.check(media_dir, CASES[case])
+    llama2_pair.check(media(media_dir, CASES[case]))
 
 
 def test_parity_with_system_prompt(trained_pair, media_dir):
     """The Video-LLaVA template writes the system text bare, with no role prefix."""
-    trained_pair.check(media_dir, ["video"], system="You are a helpful assistant.")
+    trained_pair.check(media(media_dir, ["video"]), system="You are a helpful assistant.")
 
 
 def test_trained_frames(trained_pair):
@@ -109,7 +76,7 @@ def test_token_counts_and_towers(trained_pair, media_dir):
     """224 px from CLIP's default (the config names no image_size); CLS kept for frames only."""
     family = trained_pair.engine.family
     assert family.vision_config.image_size == 224
-    prepared, ref = trained_pair.prepare(media_dir, ["image", "video"])
+    prepared, ref = trained_pair.prepare(media(media_dir, ["image", "video"]))
     assert [item.num_tokens for item in prepared.items] == [256, 257 * FRAMES]
     assert family.video_tokens(FRAMES) == 2056
     ids = family.token_ids()
