@@ -10,6 +10,11 @@ _llava_compgen_files() {
     COMPREPLY=($(compgen "$1" -- "$cur"))
 }
 
+_llava_aliases() {
+    # The built-in model aliases (added to what is there).
+    COMPREPLY+=($(compgen -W "ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b" -- "$cur"))
+}
+
 _llava() {
     local cur prev cmd i skip=0
     cur="${COMP_WORDS[COMP_CWORD]}"
@@ -22,23 +27,29 @@ _llava() {
         prev="${COMP_WORDS[COMP_CWORD-2]}"
     fi
 
-    # The command is the first word after the root options.
+    # The command: the words after the root options, down through groups
+    # ("models" then "models pull"); matched as "<command so far>:<word>".
     cmd=""
     for (( i = 1; i < COMP_CWORD; i++ )); do
         if (( skip )); then skip=0; continue; fi
-        case "${COMP_WORDS[i]}" in
-            -*) ;;
-            ask) cmd="ask"; break ;;
+        case "$cmd:${COMP_WORDS[i]}" in
+            *:-*) ;;
+            :ask) cmd="ask"; break ;;
+            :models) cmd="models" ;;
+            models:list) cmd="models list"; break ;;
+            models:pull) cmd="models pull"; break ;;
+            models:rm) cmd="models rm"; break ;;
+            models:info) cmd="models info"; break ;;
         esac
     done
 
     case "$cmd" in
         "")
-            COMPREPLY=($(compgen -W "ask --version -h --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "ask models --version -h --help" -- "$cur"))
             ;;
         ask)
             case "$prev" in
-                -m|--model) _llava_compgen_files -d; return ;;
+                -m|--model) _llava_compgen_files -d; _llava_aliases; return ;;
                 -f|--frames) COMPREPLY=(); return ;;
                 -n|--max-new-tokens) COMPREPLY=(); return ;;
                 -t|--temperature) COMPREPLY=(); return ;;
@@ -50,9 +61,38 @@ _llava() {
                 -s|--system) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model -f --frames --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
+            fi
+            ;;
+        models)
+            COMPREPLY=($(compgen -W "list pull rm info -h --help" -- "$cur"))
+            ;;
+        "models list")
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "--aliases -h --help" -- "$cur"))
+            fi
+            ;;
+        "models pull")
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "--force -q --quiet -h --help" -- "$cur"))
+            else
+                _llava_aliases
+            fi
+            ;;
+        "models rm")
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
+            else
+                _llava_aliases
+            fi
+            ;;
+        "models info")
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
+            else
+                _llava_compgen_files -d; _llava_aliases
             fi
             ;;
     esac

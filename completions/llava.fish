@@ -6,14 +6,16 @@
 complete -c llava -f
 
 # Commands
-complete -c llava -n 'not __fish_seen_subcommand_from ask' -a ask -d 'Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask models' -a ask -d 'Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask models' -a models -d 'List, download, remove and describe models in the Hugging Face cache.'
 
 # Options before a command
-complete -c llava -n 'not __fish_seen_subcommand_from ask' -l version -d 'Print the version and exit.'
-complete -c llava -n 'not __fish_seen_subcommand_from ask' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask models' -l version -d 'Print the version and exit.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask models' -s h -l help -d 'Show this message and exit.'
 
 # llava ask
-complete -c llava -n '__fish_seen_subcommand_from ask' -s m -l model -x -a '(__fish_complete_directories (commandline -ct))' -d 'Model folder in the Hugging Face layout.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l offline -d 'Use only the local cache; never touch the network.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
@@ -27,3 +29,29 @@ complete -c llava -n '__fish_seen_subcommand_from ask' -s s -l system -x -d 'Sys
 complete -c llava -n '__fish_seen_subcommand_from ask' -l debug -d 'Show tracebacks on errors.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s h -l help -d 'Show this message and exit.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -F
+
+# llava models
+complete -c llava -n '__fish_seen_subcommand_from models; and not __fish_seen_subcommand_from list pull rm info' -a list -d 'List the cached models that llava can run: repo, alias, family, size on disk, revision.'
+complete -c llava -n '__fish_seen_subcommand_from models; and not __fish_seen_subcommand_from list pull rm info' -a pull -d 'Download a model into the Hugging Face cache (or bring it up to date) and verify it; print its folder.'
+complete -c llava -n '__fish_seen_subcommand_from models; and not __fish_seen_subcommand_from list pull rm info' -a rm -d 'Delete a model from the Hugging Face cache (for transformers too: the cache is shared).'
+complete -c llava -n '__fish_seen_subcommand_from models; and not __fish_seen_subcommand_from list pull rm info' -a info -d 'Describe a cached or local model: family, parameters, dtype, context length, tokens per image and frame, frames per video. Reads local files only.'
+complete -c llava -n '__fish_seen_subcommand_from models; and not __fish_seen_subcommand_from list pull rm info' -s h -l help -d 'Show this message and exit.'
+
+# llava models list
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from list' -l aliases -d 'List the built-in aliases and their repos instead.'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from list' -s h -l help -d 'Show this message and exit.'
+
+# llava models pull
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -l force -d 'Download every file again, even those already cached.'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -s q -l quiet -d 'No progress bar.'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'
+
+# llava models rm
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from rm' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from rm' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'
+
+# llava models info
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from info' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from info' -a '(__fish_complete_directories (commandline -ct))'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from info' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'

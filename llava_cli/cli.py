@@ -13,6 +13,10 @@ from . import __version__
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, LlavaError, UsageError
 from .render import AnswerWriter, Notices
 
+MODEL_HELP = ("An alias such as ov-7b (see llava models list --aliases), a Hub repo "
+              "org/name[@revision], or a model folder. [default: LLAVA_MODEL, else model in "
+              "config.toml, else llava-hf/llava-onevision-qwen2-0.5b-ov-hf]")
+
 app = typer.Typer(
     name="llava",
     help="Ask LLaVA-family vision-language models about videos and images, on your own machine.",
@@ -43,8 +47,9 @@ def ask(
     media_paths: Optional[List[str]] = typer.Argument(None, metavar="MEDIA", show_default=False,
                                                       help="Image and video files, in prompt order."),
     question: str = typer.Argument(..., metavar="QUESTION", show_default=False, help="The question."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", envvar="LLAVA_MODEL",
-                                        help="Model folder in the Hugging Face layout."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", envvar="LLAVA_MODEL", help=MODEL_HELP),
+    offline: bool = typer.Option(False, "--offline",
+                                 help="Use only the local cache; never touch the network."),
     frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1,
                                          help="Frames sampled uniformly from each video. [default: 8]"),
     long_video: bool = typer.Option(False, "--long-video",
@@ -62,19 +67,22 @@ def ask(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     """Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA."""
-    from .engine import Engine
-    from .families import family_for
-    from .loading import Checkpoint
-    from .media import load_media
+    from .config import model_setting
+    from .hub import open_checkpoint
 
     media_paths = media_paths or []
     if not question.strip():
         raise UsageError("the question is empty")
-    if not model:
-        raise UsageError("no model given: pass --model FOLDER (or set LLAVA_MODEL)")
     notices = Notices()
-    # The family (from config.json alone) decides the frame count before any decoding.
-    checkpoint = Checkpoint.open(model)
+    reference, _ = model_setting(model, warn=notices.warn)
+    # Resolved (downloaded if need be) and verified before any media is decoded, and
+    # before torch is imported, so that a bad name fails at once.
+    checkpoint = open_checkpoint(reference, offline=offline)
+    from .engine import Engine
+    from .families import family_for
+    from .media import load_media
+
+    # The family (from config.json alone) decides the frame count.
     family = family_for(checkpoint)
     frames = _frames_for(family, frames, notices, has_video=bool(media_paths))
     media = []
@@ -97,6 +105,85 @@ def ask(
             writer.write(piece)
     finally:
         writer.end()
+
+
+# ---------------------------------------------------------------------------------------
+# llava models …
+
+models_app = typer.Typer(
+    name="models",
+    help="List, download, remove and describe models in the Hugging Face cache.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    aliases: bool = typer.Option(False, "--aliases", help="List the built-in aliases and their repos instead."),
+) -> None:
+    """List the cached models that llava can run: repo, alias, family, size on disk, revision."""
+    from . import models
+
+    if aliases:
+        typer.echo(models.aliases_table())
+        return
+    rows = models.cached_models()
+    if not rows:
+        from .hub import cache_dir
+
+        Notices().info(f"no models in the cache ({cache_dir()}); fetch one with `llava models pull ov-0.5b`")
+        return
+    typer.echo(models.list_table(rows))
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", show_default=False,
+                                         help="Alias or org/name[@revision]; without it, the default model."),
+    force: bool = typer.Option(False, "--force", help="Download every file again, even those already cached."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Download a model into the Hugging Face cache (or bring it up to date) and verify it;
+    print its folder."""
+    from .config import model_setting
+    from .hub import open_checkpoint, parse_ref
+
+    reference, _ = model_setting(name, warn=Notices().warn)
+    if parse_ref(reference).is_local:
+        raise UsageError(f"{reference} is a local folder: there is nothing to pull")
+    checkpoint = open_checkpoint(reference, force=force, progress=not quiet)
+    typer.echo(str(checkpoint.folder))
+
+
+@models_app.command("rm")
+def models_rm(
+    name: str = typer.Argument(..., metavar="NAME", show_default=False,
+                               help="Alias or org/name; org/name@revision removes that revision only."),
+) -> None:
+    """Delete a model from the Hugging Face cache (for transformers too: the cache is shared)."""
+    from .hub import format_bytes
+    from .models import remove
+
+    what, freed = remove(name)
+    typer.echo(f"deleted {what} ({format_bytes(freed)} freed)")
+
+
+@models_app.command("info")
+def models_info(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", show_default=False,
+                                         help="Alias, org/name[@revision] or folder; without it, the default "
+                                              "model."),
+) -> None:
+    """Describe a cached or local model: family, parameters, dtype, context length, tokens per
+    image and frame, frames per video. Reads local files only."""
+    from .config import model_setting
+    from .models import info, table
+
+    reference, _ = model_setting(name, warn=Notices().warn)
+    typer.echo(table([[label, value] for label, value in info(reference)]))
 
 
 def _frames_for(family, frames: int | None, notices: Notices, has_video: bool) -> int:
@@ -139,6 +226,12 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         notices.error(exc.message)
         code = exc.exit_code
+        if getattr(exc, "abandon_threads", False):
+            # An interrupted download: its threads would finish their files before a
+            # normal exit; the partial files are kept for the next run to resume.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     except MemoryError:
         if debug:
             traceback.print_exc()

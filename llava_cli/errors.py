@@ -37,5 +37,33 @@ class ModelError(LlavaError):
     """A model folder or checkpoint is missing, malformed or unsupported."""
 
 
+class IntegrityError(ModelError):
+    """A checkpoint file is missing, truncated or corrupt (``path`` names it).
+
+    ``missing`` tells a file that is absent (an unfinished download) from one that is
+    present but damaged, so the fix offered can differ."""
+
+    def __init__(self, message: str, *, path=None, missing: bool = False) -> None:
+        super().__init__(message)
+        self.path = path
+        self.missing = missing
+
+
+class HubError(LlavaError):
+    """A model could not be fetched from the Hub or found in the local cache."""
+
+
+class DownloadInterrupted(HubError):
+    """Ctrl-C during a download. Download threads are still running: the CLI exits at
+    once instead of waiting for them (the partial files stay, ready to resume)."""
+
+    exit_code = EXIT_INTERRUPTED
+    abandon_threads = True
+
+
+class ConfigError(LlavaError):
+    """The configuration file cannot be read or has a bad value."""
+
+
 class PromptError(LlavaError):
     """The prompt cannot be built (template, placeholders, context length)."""

@@ -1,139 +1,31 @@
-"""Checkpoint folders → configs and weights in our modules.
+"""Safetensors shards → weights in our modules; devices and dtypes.
 
-Weights are read from safetensors files only. We parse the header ourselves (8-byte
-length, JSON) and read each tensor's bytes with ``readinto`` straight into the buffer of
-the tensor that the module will own: no memory map counted twice, no second full copy,
-and a truncated or corrupt shard is caught before anything is built on it.
+Weights are read from safetensors files only; checkpoint.py parses and checks the headers.
+Each tensor's bytes are read with ``readinto`` straight into the buffer of the tensor that
+the module will own: no memory map counted twice, no second full copy.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import IntegrityError, ModelError
+
+# Checkpoint folders and safetensors headers need no torch (`llava models pull` verifies a
+# download without importing it); they live in checkpoint.py and are re-exported here.
+from .checkpoint import (Checkpoint, TensorEntry, read_json, read_optional_json,  # noqa: F401
+                         read_safetensors_header)
 
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc.__class__.__name__}: line {getattr(exc, 'lineno', '?')})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} is not a JSON object")
-    return data
-
-
-def read_optional_json(path: Path) -> dict:
-    return read_json(path, path.name) if path.is_file() else {}
-
-
-@dataclass
-class Checkpoint:
-    """A model folder in the Hub layout, its configs parsed, nothing loaded yet."""
-
-    folder: Path
-    config: dict
-    generation: dict = field(default_factory=dict)
-    preprocessor: dict = field(default_factory=dict)
-    processor: dict = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, folder: str | Path) -> "Checkpoint":
-        folder = Path(folder)
-        if not folder.exists():
-            raise ModelError(f"model folder not found: {folder}")
-        if not folder.is_dir():
-            raise ModelError(f"model path is not a folder: {folder}")
-        return cls(
-            folder=folder,
-            config=read_json(folder / "config.json", "config.json"),
-            generation=read_optional_json(folder / "generation_config.json"),
-            preprocessor=read_optional_json(folder / "preprocessor_config.json"),
-            processor=read_optional_json(folder / "processor_config.json"),
-        )
-
-    def shard_files(self) -> list[Path]:
-        """The safetensors files that hold the weights, checked against the index."""
-        index_path = self.folder / "model.safetensors.index.json"
-        if index_path.is_file():
-            index = read_json(index_path, "weight index")
-            names = sorted(set((index.get("weight_map") or {}).values()))
-            if not names:
-                raise ModelError(f"{index_path} lists no weights")
-            missing = [n for n in names if not (self.folder / n).is_file()]
-            if missing:
-                raise ModelError(f"shard {missing[0]} named in {index_path.name} is missing from {self.folder}")
-            return [self.folder / n for n in names]
-        shards = sorted(self.folder.glob("*.safetensors"))
-        if shards:
-            return shards
-        if any(self.folder.glob("*.bin")) or any(self.folder.glob("*.pt")) or any(self.folder.glob("*.pth")):
-            raise ModelError(f"{self.folder} has only pickle weights (.bin/.pt); llava-cli loads safetensors only")
-        raise ModelError(f"no *.safetensors weights in {self.folder}")
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    begin: int  # absolute byte offsets in the file
-    end: int
-
-
-def read_safetensors_header(path: Path) -> list[TensorEntry]:
-    """Parse and validate a shard's header; offsets are made absolute."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            raw_len = handle.read(8)
-            if len(raw_len) < 8:
-                raise ModelError(f"{path} is truncated (no safetensors header)")
-            (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > min(_MAX_HEADER, size - 8):
-                raise ModelError(f"{path} is not a valid safetensors file (bad header length)")
-            header = json.loads(handle.read(header_len))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"{path} has a corrupt safetensors header") from None
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
-    base = 8 + header_len
-    entries = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _ST_DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{path} has a corrupt safetensors header entry for {name}") from None
-        numel = 1
-        for s in shape:
-            numel *= s
-        if end - begin != numel * dtype.itemsize or begin < 0:
-            raise ModelError(f"{path}: tensor {name} has inconsistent size in its header")
-        if base + end > size:
-            raise ModelError(f"{path} is truncated ({size} bytes, tensor {name} needs {base + end})")
-        entries.append(TensorEntry(name, dtype, shape, base + begin, base + end))
-    return entries
 
 
 def iter_tensors(path: Path, wanted: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -150,9 +42,9 @@ def iter_tensors(path: Path, wanted: set[str] | None = None) -> Iterator[tuple[s
             while read < len(view):
                 n = handle.readinto(view[read:])
                 if not n:
-                    raise ModelError(f"{path} is truncated while reading {entry.name}")
+                    raise IntegrityError(f"{path} is truncated while reading {entry.name}", path=path)
                 read += n
-            yield entry.name, buffer.view(entry.dtype).reshape(entry.shape)
+            yield entry.name, buffer.view(_ST_DTYPES[entry.dtype]).reshape(entry.shape)
 
 
 # ---------------------------------------------------------------------------------------

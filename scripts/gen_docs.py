@@ -31,6 +31,7 @@ import typer  # noqa: E402
 import llava_cli  # noqa: E402
 from llava_cli import errors  # noqa: E402
 from llava_cli.cli import app  # noqa: E402
+from llava_cli.hub import ALIASES, DEFAULT_MODEL  # noqa: E402
 
 PROG = "llava"
 MAN_PATH = "man/llava.1"
@@ -43,7 +44,7 @@ FISH_PATH = "completions/llava.fish"
 
 # Placeholder shown after an option that takes a value (else derived from its type).
 VALUE_NAMES: Dict[str, str] = {
-    "--model": "PATH",
+    "--model": "MODEL",
     "--frames": "N",
     "--max-new-tokens": "N",
     "--temperature": "T",
@@ -55,37 +56,59 @@ VALUE_NAMES: Dict[str, str] = {
     "--system": "TEXT",
 }
 
-# How shells complete an option's value: ("choices", [...]), ("dirs",) or ("files",).
+# How shells complete an option's value: ("choices", [...]), ("dirs",), ("files",) or
+# ("models",) (the model aliases and directories).
 # Options not listed (and without an Enum/Path type) take free text: nothing is offered.
 VALUE_COMPLETIONS: Dict[str, tuple] = {
-    "--model": ("dirs",),
+    "--model": ("models",),
     "--device": ("choices", ["auto", "cpu", "cuda", "mps"]),
     "--dtype": ("choices", ["auto", "float32", "float16", "bfloat16"]),
 }
 
-# How shells complete positional arguments, per command (default: files).
+# How shells complete positional arguments, per command (default: files): "files", "dirs",
+# "aliases" (the model aliases) or "models" (aliases and directories).
 POSITIONAL_COMPLETIONS: Dict[str, str] = {
     "ask": "files",  # [MEDIA]... are image and video files; QUESTION is free text
+    "models pull": "aliases",
+    "models rm": "aliases",
+    "models info": "models",
 }
 
 # Environment variables the package reads; the generator fails on one missing here.
 ENV_DOCS: Dict[str, str] = {
-    "LLAVA_MODEL": "Model folder used when \\fB\\-\\-model\\fR is not given.",
+    "LLAVA_MODEL": "Model used when \\fB\\-\\-model\\fR is not given: an alias, "
+                   "\\fIorg/name\\fR[@\\fIrevision\\fR] or a folder. It wins over the "
+                   "configuration file.",
+    "LLAVA_CONFIG": "The configuration file to read instead of \\fIconfig.toml\\fR in the "
+                    "user configuration directory (see \\fBFILES\\fR).",
     "LLAVA_DEBUG": "When set to a non-empty value, errors are printed with their traceback, "
                    "as with \\fB\\-\\-debug\\fR.",
+}
+
+# Variables huggingface_hub reads on llava's behalf (each must be named in llava_cli/hub.py,
+# which documents how it uses them).
+HUB_ENV_DOCS: Dict[str, str] = {
+    "HF_HOME": "Root of the Hugging Face files; the model cache is its \\fIhub\\fR folder "
+               "(default \\fI~/.cache/huggingface\\fR).",
+    "HF_HUB_CACHE": "The Hugging Face model cache itself, shared with transformers (default "
+                    "\\fI$HF_HOME/hub\\fR).",
+    "HF_TOKEN": "Access token for gated and private models (else the token saved by "
+                "\\fBhuggingface\\-cli login\\fR is used).",
+    "HF_ENDPOINT": "The Hub to download from (default \\fIhttps://huggingface.co\\fR).",
+    "HF_HUB_OFFLINE": "When 1, never use the network, as with \\fB\\-\\-offline\\fR.",
 }
 
 # Exit codes, keyed by the EXIT_* constant in llava_cli/errors.py (fails on a missing one).
 EXIT_DOCS: Dict[str, str] = {
     "EXIT_OK": "Success.",
-    "EXIT_ERROR": "An error: bad input (missing, unreadable or corrupt media), a bad or "
-                  "unsupported model folder, or a runtime failure. One line is printed on "
-                  "standard error.",
-    "EXIT_USAGE": "Bad command-line usage (unknown option, missing argument, no model given, "
-                  "empty question).",
+    "EXIT_ERROR": "An error: bad input (missing, unreadable or corrupt media), an unknown, "
+                  "missing, damaged or unsupported model, a failed download, or a runtime "
+                  "failure. One line is printed on standard error.",
+    "EXIT_USAGE": "Bad command-line usage (unknown option, missing argument, empty question).",
     "EXIT_PARTIAL": "Some inputs failed. Reserved for the planned \\fBllava batch\\fR command; "
                     "no current command exits with it.",
-    "EXIT_INTERRUPTED": "Interrupted (Ctrl-C).",
+    "EXIT_INTERRUPTED": "Interrupted (Ctrl-C). An interrupted download resumes where it "
+                        "stopped when the command is run again.",
 }
 # Codes the CLI returns that are not EXIT_* constants (see llava_cli/cli.py:main).
 EXTRA_EXITS: List[Tuple[int, str]] = [
@@ -94,15 +117,17 @@ EXTRA_EXITS: List[Tuple[int, str]] = [
 ]
 
 EXAMPLES: List[Tuple[str, str]] = [
-    ("Ask about a video clip:",
-     'llava ask --model ./LLaVA-NeXT-Video-7B-hf clip.mp4 "why is this funny?"'),
-    ("Sample 16 frames and sample the answer instead of greedy decoding:",
-     'llava ask -m ./LLaVA-NeXT-Video-7B-hf --frames 16 --temperature 0.7 --seed 1 '
-     'talk.mkv "summarize"'),
-    ("A text-only question (no media), with the model taken from the environment:",
-     'export LLAVA_MODEL=./LLaVA-NeXT-Video-7B-hf\nllava ask "what is a llava?"'),
-    ("Save the answer to a file; notices still go to standard error:",
-     'llava ask -m ./LLaVA-NeXT-Video-7B-hf clip.mp4 "one-line caption" > caption.txt'),
+    ("Ask about a video clip with the default model (downloaded on first use):",
+     'llava ask clip.mp4 "why is this funny?"'),
+    ("Another model by alias, 16 frames, and sampling instead of greedy decoding:",
+     'llava ask -m next-video-7b --frames 16 --temperature 0.7 --seed 1 talk.mkv "summarize"'),
+    ("A Hub repo at a pinned revision, or a model folder:",
+     'llava ask -m llava-hf/llava-onevision-qwen2-7b-ov-hf@main photo.jpg "what is on the sign?"\n'
+     'llava ask -m ./LLaVA-NeXT-Video-7B-hf clip.mp4 "what happens?"'),
+    ("Fetch a model ahead of time, then use it without the network:",
+     'llava models pull ov-7b\nllava ask --offline -m ov-7b clip.mp4 "one-line caption" > caption.txt'),
+    ("See what is cached, what a model is, and remove one:",
+     'llava models list\nllava models info ov-7b\nllava models rm ov-7b'),
 ]
 
 
@@ -138,11 +163,21 @@ class Arg:
 
 @dataclass
 class Cmd:
-    name: str  # "" for the root
+    name: str  # "" for the root; "models pull" for a command of a group
     help: str
     options: List[Opt] = field(default_factory=list)
     arguments: List[Arg] = field(default_factory=list)
     positional_completion: str = "files"
+    children: List[str] = field(default_factory=list)  # a group's command names
+
+    @property
+    def words(self) -> List[str]:
+        return self.name.split()
+
+    @property
+    def ident(self) -> str:
+        """The name as part of a shell function name: models pull → models_pull."""
+        return "_".join(self.words).replace("-", "_")
 
     @property
     def summary(self) -> str:
@@ -251,20 +286,32 @@ def _collect_command(command, ctx, name: str) -> Cmd:
     return cmd
 
 
-def collect() -> Tuple[Cmd, List[Cmd]]:
-    """The root and its subcommands, read from the live app."""
-    group = typer.main.get_command(app)
-    ctx = group.make_context(PROG, [], resilient_parsing=True)
-    root = _collect_command(group, ctx, "")
-    commands: List[Cmd] = []
+def _collect_group(group, ctx, prefix: str) -> List[Cmd]:
+    """A group's commands in order, each group followed by its own commands."""
+    out: List[Cmd] = []
     for name in group.list_commands(ctx):
         sub = group.get_command(ctx, name)
         if sub is None or getattr(sub, "hidden", False):
             continue
-        if hasattr(sub, "commands"):
-            raise SystemExit(f"gen_docs: nested command groups ({name}) are not supported yet")
+        full = f"{prefix} {name}".strip()
         sub_ctx = sub.make_context(name, [], parent=ctx, resilient_parsing=True)
-        commands.append(_collect_command(sub, sub_ctx, name))
+        cmd = _collect_command(sub, sub_ctx, full)
+        out.append(cmd)
+        if hasattr(sub, "commands"):  # a group (match by shape: no click import)
+            inner = _collect_group(sub, sub_ctx, full)
+            cmd.children = [c.words[-1] for c in inner if len(c.words) == len(cmd.words) + 1]
+            out += inner
+    return out
+
+
+def collect() -> Tuple[Cmd, List[Cmd]]:
+    """The root and every command below it (groups and their commands), from the live app."""
+    group = typer.main.get_command(app)
+    ctx = group.make_context(PROG, [], resilient_parsing=True)
+    root = _collect_command(group, ctx, "")
+    root.children = []
+    commands = _collect_group(group, ctx, "")
+    root.children = [c.name for c in commands if len(c.words) == 1]
     # Every hand-kept table entry must still match the app.
     longs = {o.long for c in [root, *commands] for o in c.options}
     for table_name, table in (("VALUE_NAMES", VALUE_NAMES), ("VALUE_COMPLETIONS", VALUE_COMPLETIONS)):
@@ -302,7 +349,13 @@ def environment(root: Cmd, commands: List[Cmd]) -> List[Tuple[str, str]]:
     stale = sorted(set(ENV_DOCS) - names)
     if stale:
         raise SystemExit(f"gen_docs: ENV_DOCS names variables the CLI does not read: {', '.join(stale)}")
-    return [(name, ENV_DOCS[name]) for name in sorted(names)]
+    hub_source = (ROOT / "llava_cli" / "hub.py").read_text(encoding="utf-8")
+    stale = sorted(name for name in HUB_ENV_DOCS if name not in hub_source)
+    if stale:
+        raise SystemExit(f"gen_docs: HUB_ENV_DOCS names variables llava_cli/hub.py never mentions: "
+                         f"{', '.join(stale)}")
+    docs = {**ENV_DOCS, **HUB_ENV_DOCS}
+    return [(name, docs[name]) for name in sorted(docs)]
 
 
 # --------------------------------------------------------------------------- man page
@@ -377,13 +430,27 @@ def render_man(root: Cmd, commands: List[Cmd]) -> str:
                           for o in root.options)
     out += [".nf", f"\\fBllava\\fR {root_flags}"]
     for cmd in commands:
+        if cmd.children:
+            continue  # a group: its commands have their own lines
         args = " ".join(_roff_metavar(a.metavar) for a in cmd.arguments)
         out.append(f"\\fBllava {_roff(cmd.name)}\\fR [\\fIOPTIONS\\fR] {args}".rstrip())
     out += [".fi", ".SH DESCRIPTION", _roff(root.summary),
             ".PP",
-            "Models run locally from a model folder in the Hugging Face layout "
-            "(\\fIconfig.json\\fR, \\fI*.safetensors\\fR, \\fItokenizer.json\\fR, "
-            "\\fIpreprocessor_config.json\\fR, \\fIchat_template.json\\fR).",
+            "Models run locally. A model is named by an alias (\\fBov\\-7b\\fR; "
+            "\\fBllava models list \\-\\-aliases\\fR shows them all), by a Hugging Face Hub repo "
+            "\\fIorg/name\\fR with an optional \\fI@revision\\fR, or by a folder in the Hugging "
+            "Face layout (\\fIconfig.json\\fR, \\fI*.safetensors\\fR, \\fItokenizer.json\\fR, "
+            "\\fIpreprocessor_config.json\\fR, \\fIchat_template.json\\fR). Without "
+            "\\fB\\-\\-model\\fR, \\fBLLAVA_MODEL\\fR, then the configuration file, then "
+            f"\\fB{_roff(DEFAULT_MODEL)}\\fR is used.",
+            ".PP",
+            "Hub models are downloaded on first use, only the files inference needs, into the "
+            "Hugging Face cache that transformers shares, so a model fetched by either is not "
+            "fetched again. An interrupted download resumes on the next run. Later runs ask the "
+            "Hub once whether the revision moved and download nothing when it did not; "
+            "\\fB\\-\\-offline\\fR (or \\fBHF_HUB_OFFLINE=1\\fR) never touches the network. "
+            "Weights are read from safetensors files only, never from pickles, and every shard is "
+            "checked before it is loaded.",
             ".PP",
             "The answer is written to standard output and nothing else is: progress, warnings "
             "and errors go to standard error, so the answer can be piped or redirected alone.",
@@ -392,7 +459,7 @@ def render_man(root: Cmd, commands: List[Cmd]) -> str:
             *_options_block(root),
             ".SH COMMANDS"]
     for cmd in commands:
-        args = " ".join(a.metavar for a in cmd.arguments)
+        args = "COMMAND" if cmd.children else " ".join(a.metavar for a in cmd.arguments)
         out += [f'.SS "llava {cmd.name} [OPTIONS] {_roff(args)}"'.replace('  "', ' "'),
                 _roff(cmd.help.replace("\n\n", "\n.PP\n")) if cmd.help else "",
                 *_options_block(cmd)]
@@ -406,8 +473,16 @@ def render_man(root: Cmd, commands: List[Cmd]) -> str:
     for caption, command in EXAMPLES:
         out += [".PP", _roff(caption), ".PP", ".RS 4", ".nf", _roff(command), ".fi", ".RE"]
     out += [".SH FILES",
-            "None. llava reads no configuration files; the model folder is given with "
-            "\\fB\\-\\-model\\fR or \\fBLLAVA_MODEL\\fR.",
+            ".TP",
+            "\\fI~/.config/llava/config.toml\\fR",
+            "The configuration file, in the user configuration directory of the platform "
+            "(\\fI~/Library/Application Support/llava\\fR on macOS), or the file "
+            "\\fBLLAVA_CONFIG\\fR names. "
+            "It may set the default model: \\fBmodel = \"ov\\-7b\"\\fR.",
+            ".TP",
+            "\\fI~/.cache/huggingface/hub\\fR",
+            "The Hugging Face model cache (see \\fBHF_HUB_CACHE\\fR and \\fBHF_HOME\\fR), "
+            "shared with transformers and huggingface\\-cli.",
             ".SH SEE ALSO",
             "\\fBllava \\-\\-help\\fR, \\fBllava ask \\-\\-help\\fR; shell completions in "
             "\\fIcompletions/\\fR of the source tree; the project README."]
@@ -426,6 +501,21 @@ def _sh_words(words: List[str]) -> str:
     return " ".join(words)
 
 
+def _bash_action(kind: str, words: List[str] = ()) -> str:
+    """Shell code that fills COMPREPLY for a completion kind."""
+    if kind == "choices":
+        return f'COMPREPLY=($(compgen -W "{_sh_words(words)}" -- "$cur"))'
+    if kind == "dirs":
+        return "_llava_compgen_files -d"
+    if kind == "files":
+        return "_llava_compgen_files -f"
+    if kind == "aliases":
+        return "_llava_aliases"
+    if kind == "models":
+        return "_llava_compgen_files -d; _llava_aliases"
+    return "COMPREPLY=()"
+
+
 def render_bash(root: Cmd, commands: List[Cmd]) -> str:
     version = llava_cli.__version__
     L: List[str] = [
@@ -441,6 +531,11 @@ def render_bash(root: Cmd, commands: List[Cmd]) -> str:
         '    COMPREPLY=($(compgen "$1" -- "$cur"))',
         "}",
         "",
+        "_llava_aliases() {",
+        "    # The built-in model aliases (added to what is there).",
+        f'    COMPREPLY+=($(compgen -W "{_sh_words(list(ALIASES))}" -- "$cur"))',
+        "}",
+        "",
         "_llava() {",
         "    local cur prev cmd i skip=0",
         '    cur="${COMP_WORDS[COMP_CWORD]}"',
@@ -453,18 +548,22 @@ def render_bash(root: Cmd, commands: List[Cmd]) -> str:
         '        prev="${COMP_WORDS[COMP_CWORD-2]}"',
         "    fi",
         "",
-        "    # The command is the first word after the root options.",
+        "    # The command: the words after the root options, down through groups",
+        "    # (\"models\" then \"models pull\"); matched as \"<command so far>:<word>\".",
         '    cmd=""',
         "    for (( i = 1; i < COMP_CWORD; i++ )); do",
         "        if (( skip )); then skip=0; continue; fi",
-        '        case "${COMP_WORDS[i]}" in',
+        '        case "$cmd:${COMP_WORDS[i]}" in',
     ]
-    root_valued = [n for o in root.options if o.takes_value for n in o.names]
-    if root_valued:
-        L.append(f"            {'|'.join(root_valued)}) skip=1 ;;")
-    L += ["            -*) ;;"]
+    for owner in [root, *[c for c in commands if c.children]]:
+        valued = [f"{owner.name}:{n}" for o in owner.options if o.takes_value for n in o.names]
+        if valued:
+            L.append(f"            {'|'.join(_bash_case(v) for v in valued)}) skip=1 ;;")
+    L += ["            *:-*) ;;"]
     for cmd in commands:
-        L.append(f'            {cmd.name}) cmd="{cmd.name}"; break ;;')
+        parent = " ".join(cmd.words[:-1])
+        pattern = _bash_case(f"{parent}:{cmd.words[-1]}")
+        L.append(f'            {pattern}) cmd="{cmd.name}"' + ("" if cmd.children else "; break") + " ;;")
     L += [
         "        esac",
         "    done",
@@ -481,33 +580,25 @@ def render_bash(root: Cmd, commands: List[Cmd]) -> str:
                 continue
             pattern = "|".join(opt.names)
             kind = opt.completion[0] if opt.completion else ""
-            if kind == "choices":
-                action = f'COMPREPLY=($(compgen -W "{_sh_words(opt.completion[1])}" -- "$cur"))'
-            elif kind == "dirs":
-                action = "_llava_compgen_files -d"
-            elif kind == "files":
-                action = "_llava_compgen_files -f"
-            else:
-                action = "COMPREPLY=()"
-            lines.append(f"{indent}    {pattern}) {action}; return ;;")
+            words = opt.completion[1] if kind == "choices" else []
+            lines.append(f"{indent}    {pattern}) {_bash_action(kind, words)}; return ;;")
         lines.append(f"{indent}esac")
         return lines
 
-    root_words = [c.name for c in commands] + [n for o in root.options for n in o.names]
-    L += ['        "")']
-    L += value_cases(root, "            ")
-    L += [f'            COMPREPLY=($(compgen -W "{_sh_words(root_words)}" -- "$cur"))',
-          "            ;;"]
-    for cmd in commands:
-        words = [n for o in cmd.options for n in o.names]
-        L += [f"        {cmd.name})"]
+    for cmd in [root, *commands]:
+        L += [f"        {_bash_case(cmd.name) if cmd.name else chr(34) * 2})"]
         L += value_cases(cmd, "            ")
+        option_words = [n for o in cmd.options for n in o.names]
+        if cmd.children or not cmd.name:
+            words = (root.children if not cmd.name else cmd.children) + option_words
+            L += [f'            COMPREPLY=($(compgen -W "{_sh_words(words)}" -- "$cur"))',
+                  "            ;;"]
+            continue
         L += ['            if [[ "$cur" == -* ]]; then',
-              f'                COMPREPLY=($(compgen -W "{_sh_words(words)}" -- "$cur"))']
+              f'                COMPREPLY=($(compgen -W "{_sh_words(option_words)}" -- "$cur"))']
         if cmd.arguments:
-            flag = "-d" if cmd.positional_completion == "dirs" else "-f"
             L += ["            else",
-                  f"                _llava_compgen_files {flag}"]
+                  f"                {_bash_action(cmd.positional_completion)}"]
         L += ["            fi",
               "            ;;"]
     L += [
@@ -518,6 +609,11 @@ def render_bash(root: Cmd, commands: List[Cmd]) -> str:
         "complete -F _llava llava",
     ]
     return "\n".join(L) + "\n"
+
+
+def _bash_case(text: str) -> str:
+    """A case pattern matching exactly this text (quoted when it has spaces)."""
+    return f'"{text}"' if " " in text else text
 
 
 # --------------------------------------------------------------------------- zsh
@@ -532,15 +628,17 @@ def _one_line(text: str) -> str:
     return " ".join(first.split())
 
 
+_ZSH_ACTIONS = {"dirs": "_files -/", "files": "_files", "aliases": "_llava_aliases",
+                "models": "_llava_model_refs"}
+
+
 def _zsh_action(opt: Opt) -> str:
     kind = opt.completion[0] if opt.completion else ""
     label = opt.value_name.lower()
     if kind == "choices":
         return f":{label}:({' '.join(opt.completion[1])})"
-    if kind == "dirs":
-        return f":{label}:_files -/"
-    if kind == "files":
-        return f":{label}:_files"
+    if kind in _ZSH_ACTIONS:
+        return f":{label}:{_ZSH_ACTIONS[kind]}"
     return f":{label}: "
 
 
@@ -567,31 +665,13 @@ def _zsh_specs(cmd: Cmd) -> List[str]:
     return specs
 
 
-def render_zsh(root: Cmd, commands: List[Cmd]) -> str:
-    version = llava_cli.__version__
-    L: List[str] = [
-        "#compdef llava",
-        "# zsh completion for llava.",
-        "# " + HEADER.format(version=version),
-        "# Use: put this file, named _llava, in a directory on $fpath, then run compinit.",
-        "",
-    ]
-    for cmd in commands:
-        L += [f"_llava_{cmd.name.replace('-', '_')}() {{", "    _arguments -s -S \\"]
-        specs = _zsh_specs(cmd)
-        if cmd.arguments:
-            label = " ".join(a.metavar for a in cmd.arguments).replace(":", "\\:").replace("'", "'\\''")
-            action = "_files -/" if cmd.positional_completion == "dirs" else "_files"
-            specs.append(f"'*:{label}:{action}'")
-        L += [f"        {s} \\" for s in specs[:-1]] + [f"        {specs[-1]}"]
-        L += ["}", ""]
-    L += [
-        "_llava() {",
-        '    local curcontext="$curcontext" state line',
-        "    typeset -A opt_args",
-        "    _arguments -C \\",
-    ]
-    for spec in _zsh_specs(root):
+def _zsh_dispatch(fname: str, label: str, specs: List[str], children: List[Cmd], root: bool) -> List[str]:
+    """A function that completes a command name, then hands over to that command."""
+    L = [f"{fname}() {{", '    local curcontext="$curcontext" state line']
+    if root:
+        L.append("    typeset -A opt_args")
+    L.append("    _arguments -C \\")
+    for spec in specs:
         L.append(f"        {spec} \\")
     L += [
         "        '1: :->command' \\",
@@ -601,25 +681,66 @@ def render_zsh(root: Cmd, commands: List[Cmd]) -> str:
         "            local -a commands",
         "            commands=(",
     ]
-    for cmd in commands:
+    for cmd in children:
         desc = _one_line(cmd.help).replace("\\", "\\\\").replace(":", "\\:").replace("'", "'\\''")
-        L.append(f"                '{cmd.name}:{desc}'")
+        L.append(f"                '{cmd.words[-1]}:{desc}'")
+    context = "-".join(["llava", *label.split()[1:]])
     L += [
         "            )",
-        "            _describe -t commands 'llava command' commands",
+        f"            _describe -t commands '{label} command' commands",
         "            ;;",
         "        args)",
-        '            curcontext="${curcontext%:*:*}:llava-$words[1]:"',
+        f'            curcontext="${{curcontext%:*:*}}:{context}-$words[1]:"',
         '            case "$words[1]" in',
     ]
-    for cmd in commands:
-        L.append(f"                {cmd.name}) _llava_{cmd.name.replace('-', '_')} ;;")
+    for cmd in children:
+        L.append(f"                {cmd.words[-1]}) _llava_{cmd.ident} ;;")
     L += [
         "            esac",
         "            ;;",
         "    esac",
         "}",
         "",
+    ]
+    return L
+
+
+def render_zsh(root: Cmd, commands: List[Cmd]) -> str:
+    version = llava_cli.__version__
+    L: List[str] = [
+        "#compdef llava",
+        "# zsh completion for llava.",
+        "# " + HEADER.format(version=version),
+        "# Use: put this file, named _llava, in a directory on $fpath, then run compinit.",
+        "",
+        "_llava_aliases() {",
+        "    local -a aliases",
+        f"    aliases=({' '.join(ALIASES)})",
+        "    _describe -t aliases 'model alias' aliases",
+        "}",
+        "",
+        "_llava_model_refs() {",
+        "    _alternative 'aliases:model alias:_llava_aliases' 'directories:model folder:_files -/'",
+        "}",
+        "",
+    ]
+    for cmd in commands:
+        L.append(f"# llava {cmd.name}")
+        if cmd.children:
+            kids = [c for c in commands if c.words[:-1] == cmd.words]
+            L += _zsh_dispatch(f"_llava_{cmd.ident}", f"llava {cmd.name}", _zsh_specs(cmd), kids, root=False)
+            continue
+        L += [f"_llava_{cmd.ident}() {{", "    _arguments -s -S \\"]
+        specs = _zsh_specs(cmd)
+        if cmd.arguments:
+            label = " ".join(a.metavar for a in cmd.arguments).replace(":", "\\:").replace("'", "'\\''")
+            action = _ZSH_ACTIONS.get(cmd.positional_completion, "_files")
+            specs.append(f"'*:{label}:{action}'")
+        L += [f"        {s} \\" for s in specs[:-1]] + [f"        {specs[-1]}"]
+        L += ["}", ""]
+    top = [c for c in commands if len(c.words) == 1]
+    L += _zsh_dispatch("_llava", "llava", _zsh_specs(root), top, root=True)
+    L += [
         'if [[ "$funcstack[1]" == "_llava" ]]; then',
         '    _llava "$@"',
         "else",
@@ -649,6 +770,10 @@ def _fish_line(condition: str, opt: Opt) -> str:
             parts.append(f"-x -a {_fish_quote(' '.join(opt.completion[1]))}")
         elif kind == "dirs":
             parts.append("-x -a '(__fish_complete_directories (commandline -ct))'")
+        elif kind == "aliases":
+            parts.append(f"-x -a {_fish_quote(' '.join(ALIASES))}")
+        elif kind == "models":
+            parts.append(f"-x -a {_fish_quote('(__fish_complete_directories (commandline -ct)) ' + ' '.join(ALIASES))}")
         elif kind == "files":
             parts.append("-r -F")
         else:
@@ -657,9 +782,17 @@ def _fish_line(condition: str, opt: Opt) -> str:
     return " ".join(parts)
 
 
+def _fish_condition(cmd: Cmd, commands: List[Cmd]) -> str:
+    """True while completing words of this command (for a group: before its command)."""
+    seen = "; and ".join(f"__fish_seen_subcommand_from {w}" for w in cmd.words)
+    if cmd.children:
+        seen += f"; and not __fish_seen_subcommand_from {' '.join(cmd.children)}"
+    return seen
+
+
 def render_fish(root: Cmd, commands: List[Cmd]) -> str:
     version = llava_cli.__version__
-    names = " ".join(c.name for c in commands)
+    names = " ".join(root.children)
     L: List[str] = [
         "# fish completion for llava.",
         "# " + HEADER.format(version=version),
@@ -672,19 +805,29 @@ def render_fish(root: Cmd, commands: List[Cmd]) -> str:
     ]
     top = f"not __fish_seen_subcommand_from {names}"
     for cmd in commands:
-        L.append(f"complete -c llava -n {_fish_quote(top)} -a {cmd.name} "
-                 f"-d {_fish_quote(_one_line(cmd.help))}")
+        if len(cmd.words) == 1:
+            L.append(f"complete -c llava -n {_fish_quote(top)} -a {cmd.name} "
+                     f"-d {_fish_quote(_one_line(cmd.help))}")
     L += ["", "# Options before a command"]
     L += [_fish_line(top, opt) for opt in root.options]
     for cmd in commands:
-        cond = f"__fish_seen_subcommand_from {cmd.name}"
+        cond = _fish_condition(cmd, commands)
         L += ["", f"# llava {cmd.name}"]
+        for child in cmd.children:
+            sub = next(c for c in commands if c.words == [*cmd.words, child])
+            L.append(f"complete -c llava -n {_fish_quote(cond)} -a {child} -d {_fish_quote(_one_line(sub.help))}")
         L += [_fish_line(cond, opt) for opt in cmd.options]
-        if cmd.arguments and cmd.positional_completion == "files":
+        kind = cmd.positional_completion
+        if not cmd.arguments:
+            continue
+        if kind == "files":
             L.append(f"complete -c llava -n {_fish_quote(cond)} -F")
-        elif cmd.arguments and cmd.positional_completion == "dirs":
+        if kind in ("dirs", "models"):
             L.append(f"complete -c llava -n {_fish_quote(cond)} "
                      "-a '(__fish_complete_directories (commandline -ct))'")
+        if kind in ("aliases", "models"):
+            L.append(f"complete -c llava -n {_fish_quote(cond)} -a {_fish_quote(' '.join(ALIASES))} "
+                     "-d 'model alias'")
     return "\n".join(L) + "\n"
 
 

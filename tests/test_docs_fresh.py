@@ -40,13 +40,19 @@ def _live_cli():
             names += list(param.opts) + list(param.secondary_opts)
         return names
 
+    def walk(parent, parent_ctx, prefix):
+        for name in parent.list_commands(parent_ctx):
+            command = parent.get_command(parent_ctx, name)
+            if command is None or getattr(command, "hidden", False):
+                continue
+            sub_ctx = command.make_context(name, [], parent=parent_ctx, resilient_parsing=True)
+            full = f"{prefix} {name}".strip()
+            out.append((full, options(command, sub_ctx)))
+            if hasattr(command, "commands"):  # a group: its commands too
+                walk(command, sub_ctx, full)
+
     out.append(("", options(group, ctx)))
-    for name in group.list_commands(ctx):
-        command = group.get_command(ctx, name)
-        if command is None or getattr(command, "hidden", False):
-            continue
-        sub_ctx = command.make_context(name, [], parent=ctx, resilient_parsing=True)
-        out.append((name, options(command, sub_ctx)))
+    walk(group, ctx, "")
     return out
 
 
@@ -124,3 +130,9 @@ def test_bash_completion_completes():
     assert "scripts" in _bash_complete("llava ask --model scr", 3)
     assert _bash_complete("llava ask --model pyproj", 3) == []
     assert _bash_complete("llava ask pyproj", 2) == ["pyproject.toml"]
+    # --model also offers the model aliases; llava models … completes its commands and names.
+    assert _bash_complete("llava ask --model next-video-7", 3) == ["next-video-7b", "next-video-7b-dpo"]
+    assert sorted(_bash_complete("llava models ''", 2)) == ["--help", "-h", "info", "list", "pull", "rm"]
+    assert _bash_complete("llava models pull --f", 3) == ["--force"]
+    assert _bash_complete("llava models pull ov-0.5", 3) == ["ov-0.5b", "ov-0.5b-si"]
+    assert "scripts" in _bash_complete("llava models info scr", 3)

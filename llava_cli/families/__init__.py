@@ -23,25 +23,36 @@ FAMILIES: tuple[type[Family], ...] = (
 )
 
 
-def family_for(checkpoint: Checkpoint) -> Family:
-    """Pick the family from ``architectures`` first, then ``model_type``.
+def family_class_for(config: dict) -> type[Family] | None:
+    """The family a config.json names, from ``architectures`` first, then ``model_type``;
+    None when it names none we support.
 
     Architectures win because the first LLaVA-NeXT-Video upload says
     ``model_type: llava_next`` while naming the video architecture.
     """
-    config = checkpoint.config
     architectures = config.get("architectures") or []
     for family in FAMILIES:
         if any(a in family.architectures for a in architectures):
-            return family(checkpoint)
+            return family
     model_type = config.get("model_type")
     for family in FAMILIES:
         if model_type in family.model_types:
-            return family(checkpoint)
+            return family
+    return None
+
+
+def family_for(checkpoint: Checkpoint) -> Family:
+    """The family rules for a checkpoint (see ``family_class_for``)."""
+    config = checkpoint.config
+    family = family_class_for(config)
+    if family is not None:
+        return family(checkpoint)
+    architectures = config.get("architectures") or []
+    model_type = config.get("model_type")
     supported = ", ".join(f.title for f in FAMILIES)
     found = model_type or (architectures[0] if architectures else "nothing")
     raise ModelError(f"unsupported model type '{found}' in {checkpoint.folder / 'config.json'} "
                      f"(supported families: {supported})")
 
 
-__all__ = ["FAMILIES", "Family", "MediaInput", "family_for"]
+__all__ = ["FAMILIES", "Family", "MediaInput", "family_class_for", "family_for"]

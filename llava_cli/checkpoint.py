@@ -1,0 +1,164 @@
+"""Checkpoint folders in the Hub layout: configs, shards and their integrity. No torch.
+
+We parse safetensors headers ourselves (8-byte length, JSON). A truncated or corrupt shard,
+or an index that names a missing shard, is caught here before anything is built on it,
+with an ``IntegrityError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import IntegrityError, ModelError
+
+# safetensors dtype codes → bytes per element (loading.py maps the codes to tensor types)
+ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1}
+ST_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+            "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IntegrityError(f"{what} not found: {path}", path=path, missing=True) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path} is not valid JSON ({exc.__class__.__name__}: line "
+                             f"{getattr(exc, 'lineno', '?')})", path=path) from None
+    if not isinstance(data, dict):
+        raise IntegrityError(f"{path} is not a JSON object", path=path)
+    return data
+
+
+def read_optional_json(path: Path) -> dict:
+    return read_json(path, path.name) if path.is_file() else {}
+
+
+@dataclass
+class Checkpoint:
+    """A model folder in the Hub layout, its configs parsed, nothing loaded yet."""
+
+    folder: Path
+    config: dict
+    generation: dict = field(default_factory=dict)
+    preprocessor: dict = field(default_factory=dict)
+    processor: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Checkpoint":
+        folder = Path(folder)
+        if not folder.exists():
+            raise ModelError(f"model folder not found: {folder}")
+        if not folder.is_dir():
+            raise ModelError(f"model path is not a folder: {folder}")
+        return cls(
+            folder=folder,
+            config=read_json(folder / "config.json", "config.json"),
+            generation=read_optional_json(folder / "generation_config.json"),
+            preprocessor=read_optional_json(folder / "preprocessor_config.json"),
+            processor=read_optional_json(folder / "processor_config.json"),
+        )
+
+    def shard_files(self) -> list[Path]:
+        """The safetensors files that hold the weights, checked against the index."""
+        index_path = self.folder / "model.safetensors.index.json"
+        if index_path.is_file():
+            index = read_json(index_path, "weight index")
+            names = sorted(set((index.get("weight_map") or {}).values()))
+            if not names:
+                raise IntegrityError(f"{index_path} lists no weights", path=index_path)
+            missing = [n for n in names if not (self.folder / n).is_file()]
+            if missing:
+                raise IntegrityError(f"shard {missing[0]} named in {index_path.name} is missing from {self.folder}",
+                                     path=self.folder / missing[0], missing=True)
+            return [self.folder / n for n in names]
+        shards = sorted(self.folder.glob("*.safetensors"))
+        if shards:
+            return shards
+        if any(self.folder.glob("*.bin")) or any(self.folder.glob("*.pt")) or any(self.folder.glob("*.pth")):
+            raise ModelError(f"{self.folder} has only pickle weights (.bin/.pt); llava-cli loads safetensors only")
+        raise IntegrityError(f"no *.safetensors weights in {self.folder}", path=self.folder, missing=True)
+
+    def verify(self) -> list[Path]:
+        """Check the weights before anything is built on them; return the shards.
+
+        The index names only shards that exist, every shard's header parses, every
+        file is as long as its header says, and each tensor the index maps to a shard
+        is in that shard. Headers only: no tensor data is read.
+        """
+        shards = self.shard_files()
+        held = {shard.name: {entry.name for entry in read_safetensors_header(shard)} for shard in shards}
+        index_path = self.folder / "model.safetensors.index.json"
+        if index_path.is_file():
+            weight_map = read_json(index_path, "weight index").get("weight_map") or {}
+            for tensor, shard in weight_map.items():
+                if tensor not in held.get(shard, ()):
+                    raise IntegrityError(f"{self.folder / shard} lacks tensor {tensor} that {index_path.name} "
+                                         f"places there (corrupt or mismatched shard)", path=self.folder / shard)
+        return shards
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str  # safetensors code: "F32", "BF16", …
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offsets in the file
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return (self.end - self.begin) // ST_ITEMSIZE[self.dtype]
+
+
+def read_safetensors_header(path: Path) -> list[TensorEntry]:
+    """Parse and validate a shard's header; offsets are made absolute."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            raw_len = handle.read(8)
+            if len(raw_len) < 8:
+                raise IntegrityError(f"{path} is truncated (no safetensors header)", path=path)
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > min(_MAX_HEADER, size - 8):
+                raise IntegrityError(f"{path} is not a valid safetensors file (bad header length)", path=path)
+            header = json.loads(handle.read(header_len))
+            if not isinstance(header, dict):
+                raise IntegrityError(f"{path} has a corrupt safetensors header", path=path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IntegrityError(f"{path} has a corrupt safetensors header", path=path) from None
+    except FileNotFoundError:
+        raise IntegrityError(f"{path} is missing", path=path, missing=True) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+    base = 8 + header_len
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = info["dtype"]
+            itemsize = ST_ITEMSIZE[dtype]
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError(f"{path} has a corrupt safetensors header entry for {name}", path=path) from None
+        numel = 1
+        for s in shape:
+            numel *= s
+        if end - begin != numel * itemsize or begin < 0:
+            raise IntegrityError(f"{path}: tensor {name} has inconsistent size in its header", path=path)
+        if base + end > size:
+            raise IntegrityError(f"{path} is truncated ({size} bytes, tensor {name} needs {base + end})", path=path)
+        entries.append(TensorEntry(name, dtype, shape, base + begin, base + end))
+    data_end = max((entry.end for entry in entries), default=base)
+    if data_end != size:
+        # As the safetensors library requires; a longer file is what a download appended
+        # to an already complete one looks like.
+        raise IntegrityError(f"{path} has {size - data_end} bytes past the data its header describes", path=path)
+    return entries

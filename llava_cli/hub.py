@@ -1,0 +1,594 @@
+"""Model references → local snapshot folders, through the shared Hugging Face cache.
+
+A reference is one of:
+
+* a local folder: an existing directory, or anything that starts with ``.``, ``/`` or ``~``;
+* an alias from ``ALIASES`` (``ov-7b``), optionally with ``@revision``;
+* a Hub repo ``org/name``, optionally with ``@revision`` (a branch, tag or commit hash).
+
+Hub models are downloaded with ``huggingface_hub.snapshot_download`` into the standard
+cache (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ~/.cache/huggingface/hub), in the
+layout transformers uses, so a checkpoint either tool fetched is reused by the other.
+``HF_TOKEN``, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are read by huggingface_hub itself.
+Only the files inference needs are fetched (``ALLOW_PATTERNS``).
+
+When the network is used:
+
+* offline (``--offline`` or ``HF_HUB_OFFLINE=1``): never; the cached snapshot of the
+  revision is used, or the error says it is not cached;
+* a revision that is a full commit hash: not at all once that snapshot is cached (a
+  commit cannot change);
+* otherwise one metadata request lists the repo's files at the revision; files already
+  cached are not requested again, so a cached model costs that one request and no file
+  download. A branch that moved on the Hub is brought up to date, as ``pull`` would. When
+  the Hub cannot be reached the error points to ``--offline`` instead of silently
+  running whatever revision happens to be cached.
+
+Downloads resume: huggingface_hub writes each file to ``blobs/<etag>.incomplete`` and
+resumes it with a Range request on the next run; only a complete file is moved into
+place. Before anything is built, every model (cached or local) is checked:
+``Checkpoint.verify`` parses each shard's header and checks its length and the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import errno
+import glob
+import os
+import re
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Iterator
+
+from .errors import DownloadInterrupted, HubError, IntegrityError, ModelError, UsageError
+
+DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+
+ALIASES: dict[str, str] = {
+    # LLaVA-OneVision (Qwen2): "ov" = the final OneVision stage, "si" = single-image stage
+    "ov-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    "ov-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "ov-72b": "llava-hf/llava-onevision-qwen2-72b-ov-hf",
+    "ov-0.5b-si": "llava-hf/llava-onevision-qwen2-0.5b-si-hf",
+    "ov-7b-si": "llava-hf/llava-onevision-qwen2-7b-si-hf",
+    # LLaVA-NeXT-Video
+    "next-video-7b": "llava-hf/LLaVA-NeXT-Video-7B-hf",
+    "next-video-7b-dpo": "llava-hf/LLaVA-NeXT-Video-7B-DPO-hf",
+    "next-video-34b": "llava-hf/LLaVA-NeXT-Video-34B-hf",
+    # Video-LLaVA
+    "video-llava-7b": "LanguageBind/Video-LLaVA-7B-hf",
+    # LLaVA-NeXT (v1.6), images
+    "next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
+    "next-vicuna-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",
+    "next-vicuna-13b": "llava-hf/llava-v1.6-vicuna-13b-hf",
+    "next-34b": "llava-hf/llava-v1.6-34b-hf",
+    "next-llama3-8b": "llava-hf/llama3-llava-next-8b-hf",
+    "next-72b": "llava-hf/llava-next-72b-hf",
+    "next-110b": "llava-hf/llava-next-110b-hf",
+    # LLaVA-1.5, images
+    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
+    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
+}
+
+# The files inference reads; everything else in a repo (pickle weights, README, the
+# original sentencepiece model, training logs) is left on the Hub.
+ALLOW_PATTERNS: tuple[str, ...] = (
+    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.json", "chat_template.jinja", "preprocessor_config.json",
+    "processor_config.json", "video_processor/*",
+)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+# ---------------------------------------------------------------------------------------
+# References
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference: a local folder, or a Hub repo at a revision."""
+
+    text: str  # as the user wrote it
+    folder: Path | None = None
+    repo_id: str | None = None
+    revision: str = "main"
+
+    @property
+    def is_local(self) -> bool:
+        return self.folder is not None
+
+    @property
+    def display(self) -> str:
+        if self.folder is not None:
+            return str(self.folder)
+        return self.repo_id if self.revision == "main" else f"{self.repo_id}@{self.revision}"
+
+    @property
+    def alias(self) -> str | None:
+        return alias_for(self.repo_id) if self.repo_id else None
+
+
+def alias_for(repo_id: str) -> str | None:
+    for alias, repo in ALIASES.items():
+        if repo.lower() == repo_id.lower():
+            return alias
+    return None
+
+
+def _is_path(text: str) -> bool:
+    return (text.startswith((".", "/", "~")) or os.path.isabs(text)
+            or (os.sep != "/" and os.sep in text) or Path(text).expanduser().is_dir())
+
+
+def parse_ref(ref: str) -> ModelRef:
+    """Classify a reference without touching the network (see the module docstring)."""
+    text = (ref or "").strip()
+    if not text:
+        raise UsageError("the model name is empty")
+    if _is_path(text):
+        return ModelRef(text, folder=Path(text).expanduser())
+    name, at, revision = text.partition("@")
+    if at and not revision.strip():
+        raise UsageError(f"model '{text}' has an empty revision after '@'")
+    revision = revision.strip() or "main"
+    repo = ALIASES.get(name.lower())
+    if repo is None:
+        if not _REPO_ID.match(name) or "--" in name or ".." in name:
+            raise ModelError(unknown_model_message(name))
+        repo = name
+    return ModelRef(text, repo_id=repo, revision=revision)
+
+
+def unknown_model_message(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), list(ALIASES), n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return (f"unknown model '{name}'{hint}: give an alias (`llava models list --aliases`), "
+            f"a Hub repo org/name[@revision], or a folder (./{name} for one here)")
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+
+
+def _hf():
+    """huggingface_hub, imported on first use (it is only needed for Hub models)."""
+    import huggingface_hub
+    import huggingface_hub.constants  # noqa: F401 - submodules the lazy top level does not load
+    import huggingface_hub.utils  # noqa: F401
+
+    return huggingface_hub
+
+
+def cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub resolves it from the environment."""
+    return Path(_hf().constants.HF_HUB_CACHE)
+
+
+def endpoint() -> str:
+    return _hf().constants.ENDPOINT
+
+
+def offline_by_environment() -> bool:
+    return bool(_hf().constants.HF_HUB_OFFLINE)
+
+
+def repo_storage(repo_id: str) -> Path:
+    """The repo's folder in the cache (``models--org--name``, the documented layout)."""
+    return cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def cached_snapshot(ref: ModelRef) -> Path | None:
+    """The cached snapshot folder for the reference's revision, without the network."""
+    if ref.repo_id is None:
+        return None
+    hf = _hf()
+    try:
+        folder = hf.snapshot_download(ref.repo_id, revision=ref.revision, local_files_only=True)
+    except (hf.utils.LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return Path(folder)
+
+
+def missing_essentials(folder: Path) -> list[str]:
+    """Files without which a snapshot cannot run: config.json and every weight shard."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            import json
+
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        except (OSError, ValueError, AttributeError):
+            return missing  # a corrupt index is reported by Checkpoint.verify, naming it
+        missing += sorted(name for name in set(weight_map.values()) if not (folder / name).is_file())
+    elif not any(folder.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    return missing
+
+
+# ---------------------------------------------------------------------------------------
+# Resolving
+
+
+def resolve(ref: str, *, offline: bool = False, force: bool = False, progress: bool = True) -> Path:
+    """The local folder for a model reference, downloading what is missing.
+
+    ``offline`` (or ``HF_HUB_OFFLINE=1``) never touches the network; ``force`` downloads
+    every needed file again; ``progress`` shows a progress bar on a terminal (one line
+    otherwise); ``progress=False`` prints nothing.
+    """
+    return _resolve(parse_ref(ref), offline=offline, force=force, progress=progress)
+
+
+def _resolve(ref: ModelRef, *, offline: bool, force: bool, progress: bool) -> Path:
+    if ref.folder is not None:
+        if not ref.folder.exists():
+            raise ModelError(f"model folder not found: {ref.text}")
+        return ref.folder
+    env_offline = offline_by_environment()
+    if offline or env_offline:
+        if force:
+            raise UsageError("--force downloads again, which offline mode forbids")
+        return _from_cache(ref, "--offline" if offline else "HF_HUB_OFFLINE")
+    if _COMMIT.match(ref.revision) and not force:
+        snapshot = cached_snapshot(ref)
+        if snapshot is not None and not missing_essentials(snapshot):
+            return snapshot
+    return _fetch(ref, force=force, progress=progress)
+
+
+def open_checkpoint(ref: str, *, offline: bool = False, force: bool = False, progress: bool = True):
+    """Resolve, open and verify a model; a damaged cached download names its fix."""
+    parsed = parse_ref(ref)
+    folder = _resolve(parsed, offline=offline, force=force, progress=progress)
+    from .checkpoint import Checkpoint
+
+    try:
+        checkpoint = Checkpoint.open(folder)
+        checkpoint.verify()
+    except IntegrityError as exc:
+        if parsed.is_local:
+            raise
+        raise IntegrityError(f"{exc.message} ({repair_hint(parsed, exc)})", path=exc.path,
+                             missing=exc.missing) from None
+    return checkpoint
+
+
+def repair_hint(ref: ModelRef, exc: IntegrityError) -> str:
+    if exc.missing:
+        return f"the download of {ref.display} is unfinished: run `llava models pull {ref.text}`"
+    return f"the cached copy of {ref.display} is damaged: run `llava models pull --force {ref.text}`"
+
+
+def _from_cache(ref: ModelRef, why: str) -> Path:
+    snapshot = cached_snapshot(ref)
+    if snapshot is None:
+        raise HubError(f"{ref.display} is not cached ({cache_dir()}) and {why} forbids downloading it: "
+                       f"run `llava models pull {ref.text}` while online")
+    missing = missing_essentials(snapshot)
+    if missing:
+        raise HubError(f"{ref.display} is only partly downloaded ({missing[0]} is missing) and {why} "
+                       f"forbids finishing it: run `llava models pull {ref.text}` while online")
+    return snapshot
+
+
+# ---------------------------------------------------------------------------------------
+# Downloading
+
+
+def wanted(filename: str) -> bool:
+    """A file inference needs; patterns without a folder match top-level files only."""
+    return any(fnmatch(filename, pattern) and filename.count("/") == pattern.count("/")
+               for pattern in ALLOW_PATTERNS)
+
+
+def _fetch(ref: ModelRef, *, force: bool, progress: bool) -> Path:
+    hf = _hf()
+    try:
+        info = hf.HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=True,
+                                     timeout=hf.constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one explained line
+        raise explain(exc, ref) from None
+    siblings = list(info.siblings or [])
+    names = [s.rfilename for s in siblings]
+    _check_repo_files(ref, names)
+    needed = [s for s in siblings if wanted(s.rfilename)]
+    storage = repo_storage(ref.repo_id)
+    snapshot = storage / "snapshots" / info.sha
+    todo = needed if force else [s for s in needed if not (snapshot / s.rfilename).exists()]
+    if todo and getattr(info, "gated", False):
+        # A gated repo lists its files to anyone but serves them only to accounts that
+        # accepted its licence: ask for one file's metadata before announcing a download.
+        try:
+            hf.get_hf_file_metadata(hf.hf_hub_url(ref.repo_id, "config.json", revision=info.sha),
+                                    timeout=hf.constants.HF_HUB_ETAG_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001
+            raise explain(exc, ref) from None
+    if ref.revision != info.sha:
+        # Before downloading, as huggingface_hub does: an interrupted download is then
+        # found (and reported as unfinished) by offline use and `llava models list`.
+        _write_ref(storage, ref.revision, info.sha)
+    if todo:
+        _download(ref, info.sha, todo, storage, force=force, progress=progress)
+    return snapshot
+
+
+def _check_repo_files(ref: ModelRef, names: list[str]) -> None:
+    """Refuse repos we could not run before fetching anything from them."""
+    if not names:
+        raise HubError(f"{ref.display} lists no files on {endpoint()}")
+    if not any(n.endswith(".safetensors") and wanted(n) for n in names):
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise HubError(f"{ref.display} has only pickle weights ({pickles[0]}): llava loads safetensors "
+                           f"only and never unpickles; use a repo or revision with *.safetensors weights")
+        raise HubError(f"{ref.display} has no *.safetensors weights: not a model llava can run")
+    if "config.json" not in names:
+        raise HubError(f"{ref.display} has no config.json: not a model in the Hugging Face layout")
+
+
+def _write_ref(storage: Path, revision: str, commit: str) -> None:
+    """refs/<branch or tag> → commit, as huggingface_hub records it, so that offline use
+    finds the snapshot this revision pointed to last."""
+    path = storage / "refs" / revision
+    try:
+        if path.is_file() and path.read_text().strip() == commit:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(commit)
+    except OSError:
+        pass  # only offline lookups of this branch suffer; huggingface_hub ignores it too
+
+
+def format_bytes(size: float) -> str:
+    """Decimal units, as the Hub and disk tools show sizes."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # unreachable
+
+
+class _Tracker:
+    """Bytes on disk for the files being fetched, read from the cache itself: a blob,
+    or its ``.incomplete`` partner while it downloads. Public layout only, no hooks."""
+
+    def __init__(self, storage: Path, files, force: bool) -> None:
+        self.files = [(s.size or 0, self._blob(storage, s)) for s in files]
+        self.force = force
+        # With force, an existing blob counts as done once it has been replaced.
+        self.before = {blob: _mtime(blob) for _, blob in self.files if blob is not None} if force else {}
+        self.total = sum(size for size, _ in self.files)
+
+    @staticmethod
+    def _blob(storage: Path, sibling) -> Path | None:
+        etag = sibling.lfs.sha256 if sibling.lfs is not None else sibling.blob_id
+        return storage / "blobs" / etag if etag else None
+
+    def done(self) -> int:
+        total = 0
+        for size, blob in self.files:
+            if blob is None:
+                continue
+            partial = blob.with_name(blob.name + ".incomplete")
+            complete = blob.exists() and (not self.force or _mtime(blob) != self.before.get(blob))
+            if complete:
+                total += size
+            elif partial.exists():
+                total += min(_size(partial), size)
+        return total
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _free_space(path: Path) -> tuple[Path, int | None]:
+    for candidate in (path, *path.parents):
+        try:
+            return candidate, shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return path, None
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence huggingface_hub's own tqdm bars and warnings: we draw one bar and report
+    failures as one line ourselves."""
+    hf = _hf()
+    utils = hf.utils
+    bars_were_off = utils.are_progress_bars_disabled()
+    verbosity = utils.logging.get_verbosity()
+    utils.disable_progress_bars()
+    utils.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        utils.logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            utils.enable_progress_bars()
+
+
+def _download(ref: ModelRef, commit: str, files, storage: Path, *, force: bool, progress: bool) -> None:
+    from rich.console import Console
+
+    tracker = _Tracker(storage, files, force)
+    already = 0 if force else tracker.done()
+    needed = tracker.total - already
+    where, free = _free_space(storage)
+    if free is not None and needed > free:
+        raise HubError(f"not enough disk space for {ref.display}: it needs {format_bytes(needed)} more, "
+                       f"{where} has {format_bytes(free)} free (the Hugging Face cache is {cache_dir()}; "
+                       f"set HF_HUB_CACHE or HF_HOME to put it on a bigger disk)")
+    console = Console(stderr=True, highlight=False)
+    bar = None
+    # Nothing to fetch when only links to blobs already cached are missing (a branch moved
+    # but the files did not): then nothing is announced either.
+    progress = progress and needed > 0
+    if progress and console.is_terminal:
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn(), console=console, transient=False)
+        task = bar.add_task(f"{ref.display}", total=tracker.total, completed=already)
+    elif progress:
+        resumed = f", resuming after {format_bytes(already)}" if already else ""
+        console.print(f"downloading {ref.display} ({len(files)} files, {format_bytes(needed)}{resumed})",
+                      markup=False, highlight=False)
+
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            with _quiet_hub():
+                _hf().snapshot_download(ref.repo_id, revision=commit, force_download=force,
+                                        allow_patterns=[glob.escape(s.rfilename) for s in files])
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    # A daemon thread, so that Ctrl-C reaches us at once instead of after every file.
+    worker = threading.Thread(target=work, name="llava-download", daemon=True)
+    try:
+        if bar is not None:
+            bar.start()
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            if bar is not None:
+                bar.update(task, completed=tracker.done())
+    except KeyboardInterrupt:
+        kept = tracker.done()
+        raise DownloadInterrupted(f"download of {ref.display} interrupted with {format_bytes(kept)} of "
+                                  f"{format_bytes(tracker.total)} fetched; run the same command again "
+                                  f"to resume") from None
+    finally:
+        if bar is not None:
+            if "error" not in outcome and not worker.is_alive():
+                bar.update(task, completed=tracker.total)
+            bar.stop()
+    if "error" in outcome:
+        raise explain(outcome["error"], ref, downloading=True, needed=needed) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Errors: huggingface_hub / requests exceptions → one line that says what to do
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _named(exc: BaseException, *names: str) -> bool:
+    return any(cls.__name__ in names for cls in type(exc).__mro__)
+
+
+def _reason(exc: BaseException) -> str:
+    for item in _chain(exc):
+        match = _ERRNO.search(str(item))
+        if match:
+            return match.group(1).strip().lower()
+    for item in _chain(exc):
+        if _named(item, "Timeout", "TimeoutError", "ReadTimeout", "ConnectTimeout"):
+            return "timed out"
+    return type(exc).__name__
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def explain(exc: BaseException, ref: ModelRef, *, downloading: bool = False, needed: int | None = None) -> HubError:
+    """One actionable line for a failed Hub request or download."""
+    hf = _hf()
+    errors = hf.utils
+    chain = _chain(exc)
+    where = endpoint()
+    for item in chain:
+        if isinstance(item, OSError) and item.errno == errno.ENOSPC:
+            amount = f" (it needs {format_bytes(needed)} in all)" if needed else ""
+            return HubError(f"disk full while downloading {ref.display}{amount}: free space in {cache_dir()} or "
+                            f"set HF_HUB_CACHE or HF_HOME to put the Hugging Face cache on a bigger disk")
+    for item in chain:
+        if isinstance(item, errors.GatedRepoError):
+            page = f"{where}/{ref.repo_id}"
+            if _status(item) == 403:
+                return HubError(f"{ref.repo_id} is gated and the account of your HF_TOKEN has no access yet (403): "
+                                f"accept its licence at {page}, then try again")
+            return HubError(f"{ref.repo_id} is gated (401): accept its licence at {page} while logged in, then set "
+                            f"HF_TOKEN to an access token of that account (or run `huggingface-cli login`)")
+        if isinstance(item, errors.RevisionNotFoundError):
+            return HubError(f"revision '{ref.revision}' not found in {ref.repo_id} on {where} (404)")
+        if isinstance(item, errors.RepositoryNotFoundError):
+            status = _status(item)
+            if status == 401:
+                return HubError(f"model repo {ref.repo_id} not found on {where}, or it is private or gated (401): "
+                                f"check the name; for a private or gated repo set HF_TOKEN to a token that can read it")
+            if status == 403:
+                return HubError(f"access to {ref.repo_id} denied (403): set HF_TOKEN to a token that can read it and "
+                                f"accept the licence at {where}/{ref.repo_id}")
+            return HubError(f"model repo {ref.repo_id} not found on {where} ({status or 404}): check the name "
+                            f"(a private repo also needs HF_TOKEN)")
+        if isinstance(item, errors.HfHubHTTPError) and not isinstance(item, errors.LocalEntryNotFoundError):
+            status = _status(item)
+            if status == 401:
+                return HubError(f"the Hub rejected the request for {ref.repo_id} (401): HF_TOKEN is invalid or "
+                                f"expired; set a valid token or unset it")
+            if status == 403:
+                return HubError(f"access to {ref.repo_id} denied (403): set HF_TOKEN to a token that can read it and "
+                                f"accept the licence at {where}/{ref.repo_id}")
+            if status == 429:
+                return HubError("the Hub is rate-limiting requests (429): wait a little and try again")
+            if status is not None and status < 500:
+                return HubError(f"the Hub answered {status} for {ref.display}")
+            return HubError(f"the Hub failed ({status or 'no status'}) for {ref.display}: try again later; "
+                            f"a cached model runs with --offline")
+    broken = any(_named(item, "ChunkedEncodingError", "ProtocolError", "IncompleteRead", "ContentDecodingError")
+                 or (isinstance(item, OSError) and "Consistency check failed" in str(item)) for item in chain)
+    network = any(_named(item, "ConnectionError", "Timeout", "TimeoutError", "NewConnectionError",
+                         "MaxRetryError", "OfflineModeIsEnabled") for item in chain)
+    if downloading and (broken or network):
+        return HubError(f"the download of {ref.display} broke off ({_reason(exc) if network else 'connection cut'}); "
+                        f"run the same command again to resume it")
+    if network:
+        cached = cached_snapshot(ref) is not None
+        if cached:
+            return HubError(f"cannot reach the Hugging Face Hub at {where} ({_reason(exc)}); {ref.display} is "
+                            f"cached: pass --offline (or set HF_HUB_OFFLINE=1) to use it; "
+                            f"`llava models list` shows the cached models")
+        return HubError(f"cannot reach the Hugging Face Hub at {where} ({_reason(exc)}) and {ref.display} is not "
+                        f"cached: check the network, or pass --offline with a cached model "
+                        f"(`llava models list` shows them)")
+    if isinstance(exc, errors.LocalEntryNotFoundError):
+        return HubError(f"{ref.display} is not cached ({cache_dir()}): run `llava models pull {ref.text}` while online")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return HubError(f"fetching {ref.display} failed: {type(exc).__name__}" + (f": {first}" if first else ""))
