@@ -7,10 +7,21 @@ different pixels rather than a near-identical neighbour.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import http.server
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from PIL import Image
 
 BLOCK = 8  # side of one bit-block in the frame-number stripe; survives lossy coding
@@ -55,29 +66,71 @@ def make_video(
     path: str | Path,
     frames: int = 24,
     size: tuple[int, int] = (64, 48),
-    fps: int = 24,
+    fps: int | Fraction = 24,
     codec: str | None = None,
     pix_fmt: str = "yuv420p",
     gop: int | None = None,
     container_format: str | None = None,
     options: dict[str, str] | None = None,
+    codec_options: dict[str, str] | None = None,
+    times: list[float] | None = None,
+    rotation: int | None = None,
+    max_b_frames: int | None = None,
+    hflip: bool = False,
+    vflip: bool = False,
 ) -> Path:
-    """Encode `frames` distinct frames of `size` (width, height); returns the path."""
+    """Encode `frames` distinct frames of `size` (width, height); returns the path.
+
+    `times` (seconds, one per frame) makes a variable-frame-rate clip in a millisecond
+    time base; `rotation` stores a display matrix (degrees counter-clockwise, as PyAV's
+    VideoFrame.rotation reads it back; `hflip`/`vflip` mirror after it); `codec_options` go to the encoder (x264-params,
+    crf ...).
+    """
     path = Path(path)
     codec = codec or best_video_codec()
     width, height = size
+    if times is not None:
+        frames = len(times)
+    codec_options = dict(codec_options or {})
+    if codec == "libx265":
+        # x265 prints a banner and statistics to stderr unless told otherwise.
+        params = codec_options.get("x265-params", "")
+        codec_options["x265-params"] = ":".join(filter(None, [params, "log-level=error"]))
     with av.open(str(path), mode="w", format=container_format, options=options or {}) as output:
-        stream = output.add_stream(codec, rate=fps)
+        stream = output.add_stream(codec, rate=fps, options=codec_options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if max_b_frames is not None:
+            stream.codec_context.max_b_frames = max_b_frames
+        if rotation is not None or hflip or vflip:
+            stream.set_display_rotation(rotation or 0, hflip=hflip, vflip=vflip)
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+            stream.time_base = Fraction(1, 1000)
         for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(frame_pattern(index, size), format="rgb24")
+            frame = _source_frame(frame_pattern(index, size), pix_fmt)
+            if times is not None:
+                frame.pts = round(times[index] * 1000)
+                frame.time_base = Fraction(1, 1000)
             for packet in stream.encode(frame):
                 output.mux(packet)
         for packet in stream.encode():
             output.mux(packet)
     return path
+
+
+def _source_frame(pixels: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    if pix_fmt != "pal8":
+        return av.VideoFrame.from_ndarray(pixels, format="rgb24")
+    # FFmpeg cannot convert to a palette itself; Pillow picks one (exact for our few colours
+    # per block, close elsewhere) and the encoder stores it as is.
+    quantized = Image.fromarray(pixels).quantize(colors=256)
+    rgb = np.array(quantized.getpalette()[: 256 * 3], dtype=np.uint8).reshape(-1, 3)
+    palette = np.zeros((256, 4), dtype=np.uint8)
+    palette[:, 0] = 255
+    palette[: len(rgb), 1:] = rgb
+    return av.VideoFrame.from_ndarray((np.asarray(quantized), palette), format="pal8")
 
 
 def make_image(
@@ -152,20 +205,204 @@ def random_bytes(path: str | Path, n: int, seed: int = 0) -> Path:
     return Path(path)
 
 
-def full_decode(path: str | Path) -> list[np.ndarray]:
-    """What the reference pipeline's tests do: every frame, sequentially, unthreaded."""
+def full_decode(path: str | Path, rotation: int = 0) -> list[np.ndarray]:
+    """What the reference pipeline's tests do: every frame, sequentially, unthreaded.
+
+    `rotation` (degrees counter-clockwise, a multiple of 90) turns each frame the way a
+    display matrix of that angle asks, for comparing with upright output."""
     with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    if rotation % 360:
+        frames = [np.ascontiguousarray(np.rot90(pixels, rotation // 90)) for pixels in frames]
+    return frames
+
+
+def make_animation(
+    path: str | Path,
+    durations_ms: list[int],
+    size: tuple[int, int] = (64, 48),
+) -> Path:
+    """An animated GIF/WebP/PNG (by suffix) with one frame_pattern frame per duration."""
+    path = Path(path)
+    frames = [Image.fromarray(frame_pattern(index, size)) for index in range(len(durations_ms))]
+    options: dict[str, object] = {"save_all": True, "append_images": frames[1:],
+                                  "duration": durations_ms, "loop": 0}
+    if path.suffix.lower() == ".webp":
+        options["lossless"] = True
+    if path.suffix.lower() == ".gif":
+        options["disposal"] = 1
+    frames[0].save(path, **options)
+    return path
+
+
+def make_header_only(path: str | Path, codec: str = "mpeg4") -> Path:
+    """A Matroska file with a video track and not one frame (a recording stopped at once)."""
+    path = Path(path)
+    with av.open(str(path), mode="w", format="matroska") as output:
+        stream = output.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        output.start_encoding()
+    return path
+
+
+def make_raw_video(path: str | Path, frames: int, size: tuple[int, int] = (320, 240), fps: int = 24) -> Path:
+    """Uncompressed video in Matroska: large for its length, so a test can tell reading
+    the first second from reading the whole file."""
+    path = Path(path)
+    with av.open(str(path), mode="w", format="matroska") as output:
+        stream = output.add_stream("rawvideo", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(frame_pattern(index, size), format="rgb24")
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return path
+
+
+# --- a local web server ------------------------------------------------------------------
+
+
+@dataclass
+class ServedFolder:
+    url: str  # base URL, ending in "/"
+    server: http.server.ThreadingHTTPServer
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.server.bytes_sent  # type: ignore[attr-defined]
+
+    @property
+    def requests(self) -> list[str]:
+        return self.server.requests  # type: ignore[attr-defined]
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with optional Range support, counting the body bytes it sends."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        file = Path(self.translate_path(self.path))
+        if not file.is_file():
+            self.send_error(404, "not found")
+            return
+        size = file.stat().st_size
+        first, last = 0, size - 1
+        wanted = self.headers.get("Range") if self.server.ranges else None  # type: ignore[attr-defined]
+        self.server.requests.append(wanted or "whole")  # type: ignore[attr-defined]
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted or "")
+        if match and match.group(1):
+            first = int(match.group(1))
+            last = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+            if first >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        else:
+            self.send_response(200)
+        if self.server.ranges:  # type: ignore[attr-defined]
+            self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        with file.open("rb") as handle:
+            handle.seek(first)
+            left = last - first + 1
+            while left > 0:
+                chunk = handle.read(min(left, 64 * 1024))
+                if not chunk:
+                    break
+                try:
+                    self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                self.server.bytes_sent += len(chunk)  # type: ignore[attr-defined]
+                left -= len(chunk)
+                if self.server.pace:  # type: ignore[attr-defined]
+                    time.sleep(self.server.pace)  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: str | Path, ranges: bool = True, pace: float = 0.0) -> Iterator[ServedFolder]:
+    """Serve `folder` over http on 127.0.0.1 (with Range requests when `ranges`).
+
+    `pace` seconds of sleep after each 64 KiB keep the server slower than the reader,
+    so the socket buffers stay near empty and `bytes_sent` is close to what the client
+    actually read (unpaced, loopback buffers soak up several MB per connection)."""
+
+    def handler(*args: object, **kwargs: object) -> _RangeHandler:
+        return _RangeHandler(*args, directory=str(folder), **kwargs)  # type: ignore[arg-type]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.ranges = ranges  # type: ignore[attr-defined]
+    server.bytes_sent = 0  # type: ignore[attr-defined]
+    server.requests = []  # type: ignore[attr-defined]
+    server.pace = pace  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ServedFolder(f"http://127.0.0.1:{server.server_address[1]}/", server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- a time limit for every media test -------------------------------------------------------
+
+TEST_SECONDS = 10
+
+
+class DecodeTimeout(BaseException):
+    """Not an Exception, so the code under test cannot catch and convert it."""
+
+
+@pytest.fixture(autouse=True)
+def time_limit() -> Iterator[None]:
+    """Fail a test that runs over TEST_SECONDS: the point of many media tests is that
+    garbage input must not hang the decoder. Import it into a test module to apply it."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise DecodeTimeout(f"test took over {TEST_SECONDS}s: decoder hang?")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_SECONDS)
+    # The alarm only fires when control returns to Python; a hang inside FFmpeg's C code
+    # needs this watchdog thread, which dumps the stacks and ends the run.
+    faulthandler.dump_traceback_later(TEST_SECONDS * 3, exit=True)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, previous)
 
 
 __all__ = [
+    "TEST_SECONDS",
+    "DecodeTimeout",
+    "ServedFolder",
     "best_video_codec",
     "corrupt_copy",
     "frame_pattern",
     "full_decode",
+    "make_animation",
     "make_audio_only",
+    "make_header_only",
     "make_image",
+    "make_raw_video",
     "make_video",
     "random_bytes",
     "read_frame_number",
+    "serve_folder",
+    "time_limit",
 ]

@@ -7,10 +7,7 @@ point of half of them is that garbage input must not hang the decoder.
 
 from __future__ import annotations
 
-import faulthandler
 import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -20,8 +17,8 @@ import pytest
 from PIL import Image
 
 from llava_cli.errors import MediaError
-from llava_cli.media import Media, load_image, load_media, load_video, sample_indices
-from media_factory import (
+from llava_cli.media import FrameSpec, Media, load_image, load_media, load_video, sample_indices
+from media_factory import (  # time_limit: autouse, every test here has a time limit
     corrupt_copy,
     frame_pattern,
     full_decode,
@@ -30,41 +27,14 @@ from media_factory import (
     make_video,
     random_bytes,
     read_frame_number,
+    time_limit,  # noqa: F401
 )
-
-TEST_SECONDS = 10
 
 HAS_X264 = "libx264" in av.codecs_available
 VIDEO_CODECS = [
     pytest.param("libx264", marks=pytest.mark.skipif(not HAS_X264, reason="no libx264")),
     "mpeg4",
 ]
-
-
-class DecodeTimeout(BaseException):
-    """Not an Exception, so the code under test cannot catch and convert it."""
-
-
-@pytest.fixture(autouse=True)
-def time_limit() -> Iterator[None]:
-    if not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise DecodeTimeout(f"test took over {TEST_SECONDS}s: decoder hang?")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TEST_SECONDS)
-    # The alarm only fires when control returns to Python; a hang inside FFmpeg's C code
-    # needs this watchdog thread, which dumps the stacks and ends the run.
-    faulthandler.dump_traceback_later(TEST_SECONDS * 3, exit=True)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        faulthandler.cancel_dump_traceback_later()
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +129,23 @@ def test_video_frames_are_the_encoded_ones(clips: dict[str, Path], codec: str) -
 
 
 def test_decoding_stops_after_the_last_needed_frame(clips: dict[str, Path]) -> None:
-    media = load_video(clips["long"], 2)
+    # The sequential path (seek=False; also the fallback for streams the fast path
+    # cannot vouch for) decodes from the start and stops right after the last target.
+    media = load_video(clips["long"], FrameSpec(frames=2, seek=False))
     assert media.total_frames == 240
     assert media.frame_indices == [0, 120]
     assert media.decoded_frames == 121
+    assert media.seeks == 0
+    assert_matches_full_decode(media, clips["long"], 2)
+
+
+def test_seeking_decodes_only_the_gops_that_hold_targets(clips: dict[str, Path]) -> None:
+    # "long" has a keyframe every 12 frames and 120 is one: each target costs one frame.
+    media = load_video(clips["long"], 2)
+    assert media.total_frames == 240
+    assert media.frame_indices == [0, 120]
+    assert media.decoded_frames == 2
+    assert media.seeks == 2
     assert_matches_full_decode(media, clips["long"], 2)
 
 
@@ -279,11 +262,21 @@ def test_load_media_sniffs_unknown_extensions(tmp_path: Path, clips: dict[str, P
     assert load_media(image).kind == "image"
 
 
-def test_animated_gif_is_a_still_image_for_now(tmp_path: Path) -> None:
+def test_animated_gif_is_a_video(tmp_path: Path) -> None:
+    # Issue 5: animated GIF/WebP are videos (this test used to pin "a still image for
+    # now"). FFmpeg's own GIF encoder and decoder give the reference frames here.
     path = make_video(tmp_path / "anim.gif", frames=5, codec="gif", pix_fmt="rgb8")
     media = load_media(path)
-    assert media.kind == "image"
-    assert media.frames.shape == (1, 48, 64, 3)
+    assert media.kind == "video"
+    assert media.frames.shape == (5, 48, 64, 3)
+    assert media.frame_indices == [0, 1, 2, 3, 4]
+    assert [read_frame_number(pixels) for pixels in media.frames] == [0, 1, 2, 3, 4]
+    for pixels, reference in zip(media.frames, full_decode(path)):
+        np.testing.assert_array_equal(pixels, reference)
+    # load_image still gives the first frame of an animation as a picture.
+    still = load_image(path)
+    assert still.kind == "image" and still.frames.shape == (1, 48, 64, 3)
+    np.testing.assert_array_equal(still.frames[0], media.frames[0])
 
 
 # --- bad input ---------------------------------------------------------------------------
