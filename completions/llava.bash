@@ -35,6 +35,12 @@ _llava() {
         case "$cmd:${COMP_WORDS[i]}" in
             *:-*) ;;
             :ask) cmd="ask"; break ;;
+            :chat) cmd="chat"; break ;;
+            :batch) cmd="batch"; break ;;
+            :config) cmd="config" ;;
+            config:show) cmd="config show"; break ;;
+            config:path) cmd="config path"; break ;;
+            config:edit) cmd="config edit"; break ;;
             :models) cmd="models" ;;
             models:list) cmd="models list"; break ;;
             models:pull) cmd="models pull"; break ;;
@@ -45,12 +51,17 @@ _llava() {
 
     case "$cmd" in
         "")
-            COMPREPLY=($(compgen -W "ask models --version -h --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "ask chat batch config models --version -h --help" -- "$cur"))
             ;;
         ask)
             case "$prev" in
                 -m|--model) _llava_compgen_files -d; _llava_aliases; return ;;
                 -f|--frames) COMPREPLY=(); return ;;
+                --fps) COMPREPLY=(); return ;;
+                --max-frames) COMPREPLY=(); return ;;
+                --start) COMPREPLY=(); return ;;
+                --end) COMPREPLY=(); return ;;
+                --decoder) COMPREPLY=($(compgen -W "pyav decord" -- "$cur")); return ;;
                 -n|--max-new-tokens) COMPREPLY=(); return ;;
                 -t|--temperature) COMPREPLY=(); return ;;
                 --top-p) COMPREPLY=(); return ;;
@@ -61,9 +72,77 @@ _llava() {
                 -s|--system) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system --json --no-stream -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
+            fi
+            ;;
+        chat)
+            case "$prev" in
+                -m|--model) _llava_compgen_files -d; _llava_aliases; return ;;
+                -f|--frames) COMPREPLY=(); return ;;
+                --fps) COMPREPLY=(); return ;;
+                --max-frames) COMPREPLY=(); return ;;
+                --start) COMPREPLY=(); return ;;
+                --end) COMPREPLY=(); return ;;
+                --decoder) COMPREPLY=($(compgen -W "pyav decord" -- "$cur")); return ;;
+                -n|--max-new-tokens) COMPREPLY=(); return ;;
+                -t|--temperature) COMPREPLY=(); return ;;
+                --top-p) COMPREPLY=(); return ;;
+                --top-k) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto float32 float16 bfloat16" -- "$cur")); return ;;
+                -s|--system) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+            else
+                _llava_compgen_files -f
+            fi
+            ;;
+        batch)
+            case "$prev" in
+                -Q|--question) COMPREPLY=(); return ;;
+                -o|--output) _llava_compgen_files -f; return ;;
+                -m|--model) _llava_compgen_files -d; _llava_aliases; return ;;
+                -f|--frames) COMPREPLY=(); return ;;
+                --fps) COMPREPLY=(); return ;;
+                --max-frames) COMPREPLY=(); return ;;
+                --start) COMPREPLY=(); return ;;
+                --end) COMPREPLY=(); return ;;
+                --decoder) COMPREPLY=($(compgen -W "pyav decord" -- "$cur")); return ;;
+                -n|--max-new-tokens) COMPREPLY=(); return ;;
+                -t|--temperature) COMPREPLY=(); return ;;
+                --top-p) COMPREPLY=(); return ;;
+                --top-k) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto float32 float16 bfloat16" -- "$cur")); return ;;
+                -s|--system) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+            else
+                _llava_compgen_files -f
+            fi
+            ;;
+        config)
+            COMPREPLY=($(compgen -W "show path edit -h --help" -- "$cur"))
+            ;;
+        "config show")
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
+            fi
+            ;;
+        "config path")
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
+            fi
+            ;;
+        "config edit")
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
             fi
             ;;
         models)

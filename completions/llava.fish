@@ -6,17 +6,25 @@
 complete -c llava -f
 
 # Commands
-complete -c llava -n 'not __fish_seen_subcommand_from ask models' -a ask -d 'Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA.'
-complete -c llava -n 'not __fish_seen_subcommand_from ask models' -a models -d 'List, download, remove and describe models in the Hugging Face cache.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a ask -d 'Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a chat -d 'Talk about MEDIA over several questions. The conversation stays in the model\'s KV cache, so each image and video is encoded once and each question costs only its own tokens.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a batch -d 'Ask the same question(s) about many images and videos; print one JSON line per input and question: path, question, answer, error, kind, frames, timestamps, model, prompt_tokens, answer_tokens, timings.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a config -d 'Show, locate and edit the configuration file (config.toml).'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a models -d 'List, download, remove and describe models in the Hugging Face cache.'
 
 # Options before a command
-complete -c llava -n 'not __fish_seen_subcommand_from ask models' -l version -d 'Print the version and exit.'
-complete -c llava -n 'not __fish_seen_subcommand_from ask models' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -l version -d 'Print the version and exit.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -s h -l help -d 'Show this message and exit.'
 
 # llava ask
 complete -c llava -n '__fish_seen_subcommand_from ask' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l offline -d 'Use only the local cache; never touch the network.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l max-frames -x -d 'At most this many frames per video (with --fps, the rate is lowered to fit).'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l start -x -d 'Sample videos from this time on: seconds (90, 90.5) or [HH:]MM:SS[.ms].'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
@@ -26,9 +34,80 @@ complete -c llava -n '__fish_seen_subcommand_from ask' -l seed -x -d 'Random see
 complete -c llava -n '__fish_seen_subcommand_from ask' -l device -x -a 'auto cpu cuda mps' -d 'auto, cpu, cuda, cuda:N or mps.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l dtype -x -a 'auto float32 float16 bfloat16' -d 'auto, float32, float16 or bfloat16.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s s -l system -x -d 'System prompt.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l json -d 'Print one JSON object (answer, model, media, token counts, timings) instead of the answer.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l no-stream -d 'Print the answer when it is complete, at once.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -s q -l quiet -d 'Print only the answer and errors: no progress, no warnings.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -s v -l verbose -d 'On stderr: the frames used and their times, each media encoding, token counts and speed.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l debug -d 'Show tracebacks on errors.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s h -l help -d 'Show this message and exit.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -F
+
+# llava chat
+complete -c llava -n '__fish_seen_subcommand_from chat' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l offline -d 'Use only the local cache; never touch the network.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l max-frames -x -d 'At most this many frames per video (with --fps, the rate is lowered to fit).'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l start -x -d 'Sample videos from this time on: seconds (90, 90.5) or [HH:]MM:SS[.ms].'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l top-p -x -d 'Nucleus sampling threshold.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l top-k -x -d 'Sample from the k most likely tokens.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l seed -x -d 'Random seed for sampling.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l device -x -a 'auto cpu cuda mps' -d 'auto, cpu, cuda, cuda:N or mps.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l dtype -x -a 'auto float32 float16 bfloat16' -d 'auto, float32, float16 or bfloat16.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s s -l system -x -d 'System prompt.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s q -l quiet -d 'Print only the answer and errors: no progress, no warnings.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s v -l verbose -d 'On stderr: the frames used and their times, each media encoding, token counts and speed.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l debug -d 'Show tracebacks on errors.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -F
+
+# llava batch
+complete -c llava -n '__fish_seen_subcommand_from batch' -s Q -l question -x -d 'A question to ask about every input (repeat for more; each input is encoded once for all of them).'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s o -l output -r -F -d 'Write the JSON lines to this file instead of standard output.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l resume -d 'Continue --output: skip the inputs it already answers, retry the failed.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l overwrite -d 'Replace an existing --output file.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l offline -d 'Use only the local cache; never touch the network.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l max-frames -x -d 'At most this many frames per video (with --fps, the rate is lowered to fit).'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l start -x -d 'Sample videos from this time on: seconds (90, 90.5) or [HH:]MM:SS[.ms].'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l top-p -x -d 'Nucleus sampling threshold.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l top-k -x -d 'Sample from the k most likely tokens.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l seed -x -d 'Random seed for sampling.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l device -x -a 'auto cpu cuda mps' -d 'auto, cpu, cuda, cuda:N or mps.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l dtype -x -a 'auto float32 float16 bfloat16' -d 'auto, float32, float16 or bfloat16.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s s -l system -x -d 'System prompt.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s q -l quiet -d 'Print only the answer and errors: no progress, no warnings.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s v -l verbose -d 'On stderr: the frames used and their times, each media encoding, token counts and speed.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l debug -d 'Show tracebacks on errors.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -F
+
+# llava config
+complete -c llava -n '__fish_seen_subcommand_from config; and not __fish_seen_subcommand_from show path edit' -a show -d 'Print the settings in effect (file and LLAVA_* variables; flags override them) as TOML, each with where it comes from.'
+complete -c llava -n '__fish_seen_subcommand_from config; and not __fish_seen_subcommand_from show path edit' -a path -d 'Print the configuration file\'s path (LLAVA_CONFIG, else config.toml in the user configuration folder), whether or not it exists.'
+complete -c llava -n '__fish_seen_subcommand_from config; and not __fish_seen_subcommand_from show path edit' -a edit -d 'Open the configuration file in $VISUAL or $EDITOR (creating it, every setting commented out, if it does not exist), then check what was saved.'
+complete -c llava -n '__fish_seen_subcommand_from config; and not __fish_seen_subcommand_from show path edit' -s h -l help -d 'Show this message and exit.'
+
+# llava config show
+complete -c llava -n '__fish_seen_subcommand_from config; and __fish_seen_subcommand_from show' -s h -l help -d 'Show this message and exit.'
+
+# llava config path
+complete -c llava -n '__fish_seen_subcommand_from config; and __fish_seen_subcommand_from path' -s h -l help -d 'Show this message and exit.'
+
+# llava config edit
+complete -c llava -n '__fish_seen_subcommand_from config; and __fish_seen_subcommand_from edit' -s h -l help -d 'Show this message and exit.'
 
 # llava models
 complete -c llava -n '__fish_seen_subcommand_from models; and not __fish_seen_subcommand_from list pull rm info' -a list -d 'List the cached models that llava can run: repo, alias, family, size on disk, revision.'

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 import traceback
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Any, List, Optional
 
 import typer
 
@@ -42,69 +45,470 @@ def _root(
     """Ask LLaVA-family vision-language models about videos and images."""
 
 
+# ---------------------------------------------------------------------------------------
+# Options shared by ask, chat and batch. Their defaults are None: a value not given here
+# comes from LLAVA_* and config.toml (see config.py), else the command's own default.
+
+_MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
+_OFFLINE = typer.Option(False, "--offline", help="Use only the local cache; never touch the network.")
+_FRAMES = typer.Option(None, "--frames", "-f", min=1, show_default=False,
+                       help="Frames sampled uniformly from each video. [default: the family's, 8 for most]")
+_FPS = typer.Option(None, "--fps", show_default=False,
+                    help="Sample videos at this many frames per second instead of a fixed count.")
+_MAX_FRAMES = typer.Option(None, "--max-frames", min=1, show_default=False,
+                           help="At most this many frames per video (with --fps, the rate is lowered to fit).")
+_START = typer.Option(None, "--start", show_default=False,
+                      help="Sample videos from this time on: seconds (90, 90.5) or [HH:]MM:SS[.ms].")
+_END = typer.Option(None, "--end", show_default=False,
+                    help="Sample videos up to this time (exclusive), same forms as --start.")
+_DECODER = typer.Option(None, "--decoder", show_default=False,
+                        help="Video decoder: pyav or decord (falls back to pyav). [default: pyav]")
+_LONG_VIDEO = typer.Option(False, "--long-video", help="If the prompt exceeds the context, stretch RoPE to fit it.")
+_MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", "-n", show_default=False,
+                               help="Stop after this many answer tokens. [default: the checkpoint's, else 512]")
+_TEMPERATURE = typer.Option(None, "--temperature", "-t", show_default=False,
+                            help="0 = greedy; > 0 samples. [default: the checkpoint's]")
+_TOP_P = typer.Option(None, "--top-p", show_default=False, help="Nucleus sampling threshold.")
+_TOP_K = typer.Option(None, "--top-k", show_default=False, help="Sample from the k most likely tokens.")
+_SEED = typer.Option(None, "--seed", show_default=False, help="Random seed for sampling.")
+_DEVICE = typer.Option(None, "--device", show_default=False, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
+_DTYPE = typer.Option(None, "--dtype", show_default=False,
+                      help="auto, float32, float16 or bfloat16. [default: auto]")
+_SYSTEM = typer.Option(None, "--system", "-s", show_default=False, help="System prompt.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="Print only the answer and errors: no progress, no warnings.")
+_VERBOSE = typer.Option(False, "--verbose", "-v",
+                        help="On stderr: the frames used and their times, each media encoding, token counts "
+                             "and speed.")
+_DEBUG = typer.Option(False, "--debug", help="Show tracebacks on errors.")
+
+
+@dataclass
+class _Run:
+    """What ask, chat and batch share once options, environment and config are merged."""
+
+    notices: Notices
+    settings: Any  # config.Resolved
+    reference: str
+    offline: bool
+    start: float | None
+    end: float | None
+    seed: int | None
+    long_video: bool
+    checkpoint: Any = None
+    family: Any = None
+    spec: Any = None  # media.FrameSpec
+    engine: Any = None
+
+    @property
+    def model_name(self) -> str:
+        from .hub import parse_ref
+
+        return parse_ref(self.reference).display
+
+    def open(self, *, has_video: bool = True) -> None:
+        """Resolve (downloading if need be) and verify the model, and fix the frame
+        settings from its family: before any media is decoded or torch imported, so a
+        bad model name fails at once."""
+        from .families import family_for
+        from .hub import open_checkpoint
+        from .media import FrameSpec
+
+        self.checkpoint = open_checkpoint(self.reference, offline=self.offline, progress=not self.notices.quiet)
+        self.family = family_for(self.checkpoint)
+        values = self.settings.values
+        frames = values["frames"]
+        if values["fps"] is None:
+            frames = _frames_for(self.family, frames, self.notices, has_video=has_video)
+        self.spec = FrameSpec(frames=frames, fps=values["fps"], max_frames=values["max_frames"],
+                              start=self.start, end=self.end, decoder=values["decoder"])
+
+    def load_engine(self) -> Any:
+        from .engine import Engine
+
+        with self.notices.status("loading model…"):
+            self.engine = Engine.load(self.checkpoint, family=self.family, device=self.settings.device,
+                                      dtype=self.settings.dtype)
+        notices = self.notices
+
+        def encoded(media, item) -> None:
+            if media is None:
+                notices.detail(f"encoded {item.kind}")
+            elif media.kind == "video":
+                notices.detail(f"encoded video {media.source} ({len(media.frame_indices)} frames)")
+            else:
+                notices.detail(f"encoded image {media.source}")
+
+        self.engine.on_encode = encoded
+        return self.engine
+
+    def sampling(self):
+        values = self.settings.values
+        return self.engine.sampling(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
+                                    top_p=values["top_p"], top_k=values["top_k"], seed=self.seed)
+
+    def load_media(self, path: str):
+        from .media import load_media
+
+        media = load_media(path, self.spec)
+        for note in media.notices:
+            self.notices.warn(note)
+        self.notices.detail(media.describe())
+        return media
+
+
+def _run(*, model, offline, frames, fps, max_frames, start, end, decoder, long_video, max_new_tokens,
+         temperature, top_p, top_k, seed, device, dtype, system, quiet, verbose) -> _Run:
+    from . import config
+
+    notices = Notices(quiet=quiet, verbose=verbose)
+    flags = dict(model=model, device=device, dtype=dtype, frames=frames, fps=fps, max_frames=max_frames,
+                 decoder=decoder, temperature=temperature, top_p=top_p, top_k=top_k,
+                 max_new_tokens=max_new_tokens, system=system)
+    settings = config.resolve(flags, warn=notices.warn)
+    start_s = end_s = None
+    if start is not None or end is not None:
+        from .media import parse_time
+
+        start_s = parse_time(start) if start is not None else None
+        end_s = parse_time(end) if end is not None else None
+    return _Run(notices, settings, settings.values["model"], offline, start_s, end_s, seed, long_video)
+
+
+def _read_stdin_question() -> str:
+    text = sys.stdin.read()
+    if not text.strip():
+        raise UsageError("the question read from standard input is empty")
+    return text.strip()
+
+
 @app.command()
 def ask(
     media_paths: Optional[List[str]] = typer.Argument(None, metavar="MEDIA", show_default=False,
                                                       help="Image and video files, in prompt order."),
-    question: str = typer.Argument(..., metavar="QUESTION", show_default=False, help="The question."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", envvar="LLAVA_MODEL", help=MODEL_HELP),
-    offline: bool = typer.Option(False, "--offline",
-                                 help="Use only the local cache; never touch the network."),
-    frames: Optional[int] = typer.Option(None, "--frames", "-f", min=1,
-                                         help="Frames sampled uniformly from each video. [default: 8]"),
-    long_video: bool = typer.Option(False, "--long-video",
-                                    help="If the prompt exceeds the context, stretch RoPE to fit it."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n",
-                                                 help="Stop after this many answer tokens. [default: 512]"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t",
-                                                help="0 = greedy; > 0 samples. [default: the checkpoint's]"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16 or bfloat16."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    question: str = typer.Argument(..., metavar="QUESTION", show_default=False,
+                                   help="The question; - reads it from standard input."),
+    model: Optional[str] = _MODEL,
+    offline: bool = _OFFLINE,
+    frames: Optional[int] = _FRAMES,
+    fps: Optional[float] = _FPS,
+    max_frames: Optional[int] = _MAX_FRAMES,
+    start: Optional[str] = _START,
+    end: Optional[str] = _END,
+    decoder: Optional[str] = _DECODER,
+    long_video: bool = _LONG_VIDEO,
+    max_new_tokens: Optional[int] = _MAX_NEW_TOKENS,
+    temperature: Optional[float] = _TEMPERATURE,
+    top_p: Optional[float] = _TOP_P,
+    top_k: Optional[int] = _TOP_K,
+    seed: Optional[int] = _SEED,
+    device: Optional[str] = _DEVICE,
+    dtype: Optional[str] = _DTYPE,
+    system: Optional[str] = _SYSTEM,
+    json_output: bool = typer.Option(False, "--json",
+                                     help="Print one JSON object (answer, model, media, token counts, timings) "
+                                          "instead of the answer."),
+    no_stream: bool = typer.Option(False, "--no-stream", help="Print the answer when it is complete, at once."),
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    debug: bool = _DEBUG,
 ) -> None:
     """Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA."""
-    from .config import model_setting
-    from .hub import open_checkpoint
-
     media_paths = media_paths or []
+    if question == "-":
+        question = _read_stdin_question()
     if not question.strip():
         raise UsageError("the question is empty")
-    notices = Notices()
-    reference, _ = model_setting(model, warn=notices.warn)
-    # Resolved (downloaded if need be) and verified before any media is decoded, and
-    # before torch is imported, so that a bad name fails at once.
-    checkpoint = open_checkpoint(reference, offline=offline)
-    from .engine import Engine
-    from .families import family_for
-    from .media import load_media
-
-    # The family (from config.json alone) decides the frame count.
-    family = family_for(checkpoint)
-    frames = _frames_for(family, frames, notices, has_video=bool(media_paths))
-    media = []
-    for path in media_paths:
-        item = load_media(path, num_frames=frames)
-        for note in item.notices:
-            notices.warn(note)
-        media.append(item)
-    with notices.status("loading model…"):
-        engine = Engine.load(checkpoint, family=family, device=device, dtype=dtype)
-    sampling = engine.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               top_k=top_k, seed=seed)
-    prepared = engine.prepare(media, question, system=system, long_video=long_video)
+    run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
+               decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
+               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, system=system, quiet=quiet,
+               verbose=verbose)
+    notices = run.notices
+    run.open(has_video=bool(media_paths))
+    started = time.perf_counter()
+    media = [run.load_media(path) for path in media_paths]
+    media_s = time.perf_counter() - started
+    engine = run.load_engine()
+    sampling = run.sampling()
+    prepared = engine.prepare(media, question, system=run.settings.system, long_video=long_video)
     if prepared.rope_factor != engine.family.text_config.rope_linear_factor:
         notices.warn(f"--long-video: RoPE stretched to linear factor {prepared.rope_factor:g} "
                      f"for {len(prepared.input_ids)} prompt tokens")
-    writer = AnswerWriter()
+    writer = AnswerWriter(live=not (no_stream or json_output))
     try:
         for piece in engine.stream(prepared, sampling):
             writer.write(piece)
     finally:
-        writer.end()
+        if not json_output:
+            writer.end()
+    timings = engine.timings
+    _verbose_timings(notices, timings)
+    if json_output:
+        typer.echo(json.dumps(_ask_json(run, writer.text, media, media_s), ensure_ascii=False))
+
+
+def _ask_json(run: _Run, answer: str, media: list, media_s: float) -> dict:
+    timings = run.engine.timings
+    return {
+        "answer": answer,
+        "model": run.model_name,
+        "family": run.family.name,
+        "media": [{"path": m.source, "kind": m.kind, "frames": [int(i) for i in m.frame_indices],
+                   "timestamps": [round(float(t), 6) for t in m.timestamps]} for m in media],
+        "prompt_tokens": timings.prompt_tokens,
+        "answer_tokens": timings.answer_tokens,
+        "stop_reason": timings.stop_reason,
+        "timings": {
+            "load_s": round(timings.load_s, 6),
+            "media_s": round(media_s, 6),
+            "encode_s": round(timings.encode_s, 6),
+            "prefill_s": round(timings.prefill_s, 6),
+            "decode_s": round(timings.decode_s, 6),
+            "tokens_per_s": round(timings.tokens_per_s, 3) if timings.tokens_per_s is not None else None,
+        },
+    }
+
+
+def _verbose_timings(notices: Notices, timings) -> None:
+    rate = f", {timings.tokens_per_s:.1f} tokens/s" if timings.tokens_per_s else ""
+    notices.detail(f"prompt {timings.prompt_tokens} tokens, answer {timings.answer_tokens} tokens "
+                   f"({timings.stop_reason}); load {timings.load_s:.2f} s, encode {timings.encode_s:.2f} s, "
+                   f"prefill {timings.prefill_s:.2f} s, decode {timings.decode_s:.2f} s{rate}")
+
+
+# ---------------------------------------------------------------------------------------
+# llava chat
+
+
+@app.command()
+def chat(
+    media_paths: Optional[List[str]] = typer.Argument(None, metavar="MEDIA", show_default=False,
+                                                      help="Images and videos for the first question."),
+    model: Optional[str] = _MODEL,
+    offline: bool = _OFFLINE,
+    frames: Optional[int] = _FRAMES,
+    fps: Optional[float] = _FPS,
+    max_frames: Optional[int] = _MAX_FRAMES,
+    start: Optional[str] = _START,
+    end: Optional[str] = _END,
+    decoder: Optional[str] = _DECODER,
+    long_video: bool = _LONG_VIDEO,
+    max_new_tokens: Optional[int] = _MAX_NEW_TOKENS,
+    temperature: Optional[float] = _TEMPERATURE,
+    top_p: Optional[float] = _TOP_P,
+    top_k: Optional[int] = _TOP_K,
+    seed: Optional[int] = _SEED,
+    device: Optional[str] = _DEVICE,
+    dtype: Optional[str] = _DTYPE,
+    system: Optional[str] = _SYSTEM,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    debug: bool = _DEBUG,
+) -> None:
+    """Talk about MEDIA over several questions. The conversation stays in the model's KV
+    cache, so each image and video is encoded once and each question costs only its own
+    tokens.
+
+    Commands: /attach PATH..., /reset, /system TEXT, /save FILE, /load FILE, /set frames|temperature|max-new-tokens
+    VALUE, /help, /bye. \"\"\" begins and ends a multi-line message. Ctrl-C stops an answer and keeps the
+    conversation (the partial answer stays in it); Ctrl-D or /bye leaves. On a terminal, lines can be edited and
+    the input history is kept in the user state folder (~/.local/state/llava/history on Linux); when standard input
+    is not a terminal, its lines are read as messages and commands, without prompts.
+    """
+    from .repl import ChatSettings, Repl
+    from .session import ChatSession, MediaCache
+
+    media_paths = media_paths or []
+    run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
+               decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
+               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, system=system, quiet=quiet,
+               verbose=verbose)
+    notices = run.notices
+    run.open()
+    cache = MediaCache(None)
+    entries = [cache.load(path, run.spec) for path in media_paths]
+    for entry in entries:
+        for note in entry.media.notices:
+            notices.warn(note)
+        notices.detail(entry.media.describe())
+    engine = run.load_engine()
+    cache.engine = engine
+    session = ChatSession(engine, system=run.settings.system, long_video=long_video, cache=cache)
+    for entry in entries:
+        session.attach(entry)
+
+    def load(path: str, spec):
+        entry = cache.load(path, spec)
+        for note in entry.media.notices:
+            notices.warn(note)
+        notices.detail(entry.media.describe())
+        return entry
+
+    repl = Repl(session, ChatSettings(run.spec, run.sampling(), run.model_name), notices, load=load)
+    if repl.interactive and not quiet:
+        attached = f"; {len(entries)} attached for the first question" if entries else ""
+        notices.info(f"llava chat with {run.model_name}{attached}. /help for commands, Ctrl-D or /bye to leave.")
+    code = repl.run()
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------
+# llava batch
+
+
+@app.command()
+def batch(
+    inputs: Optional[List[str]] = typer.Argument(None, metavar="INPUT", show_default=False,
+                                                 help="Files, folders (searched recursively for images and "
+                                                      "videos), globs, or - for paths on standard input, one "
+                                                      "per line."),
+    question: Optional[str] = typer.Argument(None, metavar="QUESTION", show_default=False,
+                                             help="The question (- reads it from standard input); with "
+                                                  "--question, this is one more INPUT."),
+    questions: Optional[List[str]] = typer.Option(None, "--question", "-Q", show_default=False,
+                                                  help="A question to ask about every input (repeat for more; "
+                                                       "each input is encoded once for all of them)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", show_default=False,
+                                         help="Write the JSON lines to this file instead of standard output."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue --output: skip the inputs it already answers, retry the failed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
+    model: Optional[str] = _MODEL,
+    offline: bool = _OFFLINE,
+    frames: Optional[int] = _FRAMES,
+    fps: Optional[float] = _FPS,
+    max_frames: Optional[int] = _MAX_FRAMES,
+    start: Optional[str] = _START,
+    end: Optional[str] = _END,
+    decoder: Optional[str] = _DECODER,
+    long_video: bool = _LONG_VIDEO,
+    max_new_tokens: Optional[int] = _MAX_NEW_TOKENS,
+    temperature: Optional[float] = _TEMPERATURE,
+    top_p: Optional[float] = _TOP_P,
+    top_k: Optional[int] = _TOP_K,
+    seed: Optional[int] = _SEED,
+    device: Optional[str] = _DEVICE,
+    dtype: Optional[str] = _DTYPE,
+    system: Optional[str] = _SYSTEM,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    debug: bool = _DEBUG,
+) -> None:
+    """Ask the same question(s) about many images and videos; print one JSON line per input and question:
+    path, question, answer, error, kind, frames, timestamps, model, prompt_tokens, answer_tokens, timings.
+
+    The model loads once. An input that fails gets a line with its error and the run goes on; the exit status is
+    then 3. Each line is written whole and synced, so a run killed at any moment can be continued with --resume.
+    A progress bar with the time left is shown on standard error when it is a terminal.
+    """
+    from . import batch as batch_mod
+
+    inputs_args = list(inputs or [])
+    questions = list(questions or [])
+    if questions:
+        if question is not None:
+            inputs_args.append(question)
+    elif question is not None:
+        questions = [question]
+    if not inputs_args or not questions:
+        raise UsageError("give the inputs, then the question (or the question with --question)")
+    if "-" in questions:
+        if "-" in inputs_args:
+            raise UsageError("standard input cannot hold both the paths and the question")
+        questions = [_read_stdin_question() if q == "-" else q for q in questions]
+    if any(not q.strip() for q in questions):
+        raise UsageError("the question is empty")
+    questions = list(dict.fromkeys(questions))
+    if output == "-":
+        output = None
+    run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
+               decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
+               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, system=system, quiet=quiet,
+               verbose=verbose)
+    notices = run.notices
+    options = batch_mod.BatchOptions(questions=questions, output=output, resume=resume, overwrite=overwrite,
+                                     model_name="", system=run.settings.system, long_video=long_video)
+    batch_mod.check_output(options)
+    inputs, skipped = batch_mod.expand_inputs(inputs_args, warn=notices.warn)
+    if skipped:
+        notices.info(f"skipped {skipped} file{'s' if skipped != 1 else ''} without an image or video extension")
+    if not inputs:
+        notices.warn("no images or videos in the inputs: nothing to do")
+        return
+    done: set = set()
+    if resume:
+        done, kept, dropped = batch_mod.prepare_resume(output)
+        if kept or dropped:
+            notices.info(f"resuming {output}: {kept} answered line{'s' if kept != 1 else ''} kept"
+                         + (f", {dropped} failed or incomplete dropped (retried)" if dropped else ""))
+    run.open()
+    options.model_name = run.model_name
+    if all((item.path, q) in done for item in inputs for q in questions):
+        notices.info("every input is already answered")
+        return
+    engine = run.load_engine()
+    code = batch_mod.run(inputs, options, engine=engine, spec=run.spec, sampling=run.sampling(), notices=notices,
+                         done=done, progress=not quiet)
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------
+# llava config …
+
+config_app = typer.Typer(
+    name="config",
+    help="Show, locate and edit the configuration file (config.toml).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the settings in effect (file and LLAVA_* variables; flags override them) as TOML, each with where
+    it comes from."""
+    from . import config
+
+    typer.echo(config.show(warn=Notices().warn))
+
+
+@config_app.command("path")
+def config_path_command() -> None:
+    """Print the configuration file's path (LLAVA_CONFIG, else config.toml in the user configuration folder),
+    whether or not it exists."""
+    from . import config
+
+    typer.echo(str(config.config_path()))
+
+
+@config_app.command("edit")
+def config_edit() -> None:
+    """Open the configuration file in $VISUAL or $EDITOR (creating it, every setting commented out, if it does
+    not exist), then check what was saved."""
+    import subprocess
+
+    from . import config
+    from .errors import ConfigError
+
+    path = config.config_path()
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(config.template(), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+    command = config.editor_command()
+    try:
+        status = subprocess.call([*command, str(path)])
+    except OSError as exc:
+        raise ConfigError(f"cannot run the editor {command[0]}: {exc.strerror or exc}") from None
+    if status != 0:
+        raise ConfigError(f"the editor {command[0]} exited with status {status}; {path} was not checked")
+    config.resolve(warn=Notices().warn)  # one line naming the problem, if there is one
+    Notices().info(f"{path} is valid")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,24 +1,82 @@
-"""Settings from the configuration file and the environment.
+"""Settings: built-in defaults < the configuration file < LLAVA_* variables < flags.
 
 The file is ``config.toml`` in ``platformdirs.user_config_dir("llava")`` (on Linux
-~/.config/llava/config.toml), or the file ``LLAVA_CONFIG`` names. For now it holds one
-setting:
+~/.config/llava/config.toml), or the file ``LLAVA_CONFIG`` names:
 
-    model = "ov-7b"        # an alias, org/name[@revision] or a folder
+    model = "ov-7b"            # an alias, org/name[@revision] or a folder
+    device = "cuda"
+    dtype = "bfloat16"
+    frames = 16                # or: fps = 1.0 with max_frames = 32
+    temperature = 0.2
+    max_new_tokens = 256
+    system = "Answer in one sentence."
 
-The model comes from, first to last: ``--model``, ``LLAVA_MODEL``, the file's ``model``,
-``hub.DEFAULT_MODEL``.
+Every key has an environment variable (``frames`` → ``LLAVA_FRAMES``) and a flag
+(``--frames``); ``SETTINGS`` is the one table of them, which the CLI, ``llava config
+show`` and the man page generator all read. A value that is not set anywhere is None
+and the command's own default applies (the family's frame count, the checkpoint's
+sampling settings, …).
+
+``frames`` and ``fps`` are one choice, how to sample a video: the highest level that sets
+either decides, so ``--frames 16`` wins over ``fps = 1`` in the file.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, LlavaError, UsageError
 from .hub import DEFAULT_MODEL
+
+DECODER_NAMES = ("pyav", "decord")  # media.DECODERS, without importing PyAV here
+DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # in config.toml; the flag is --key with _ → -
+    kind: type  # str, int or float
+    help: str
+    default: Any = None  # None: the command decides (shown as `unset_means`)
+    unset_means: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    above: float | None = None  # strictly greater than
+
+    @property
+    def env(self) -> str:
+        return "LLAVA_" + self.key.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("model", str, "the model: an alias, org/name[@revision] or a folder", DEFAULT_MODEL),
+    Setting("device", str, "where to run: auto, cpu, cuda, cuda:N or mps", "auto"),
+    Setting("dtype", str, "compute dtype", "auto", choices=DTYPE_NAMES),
+    Setting("frames", int, "frames sampled uniformly from each video",
+            unset_means="the family's default (8 for most)", minimum=1),
+    Setting("fps", float, "sample videos at this rate instead of a fixed count",
+            unset_means="a fixed count (frames)", above=0),
+    Setting("max_frames", int, "at most this many frames per video", unset_means="no cap", minimum=1),
+    Setting("decoder", str, "video decoder", "pyav", choices=DECODER_NAMES),
+    Setting("temperature", float, "0 = greedy; > 0 samples",
+            unset_means="the checkpoint's generation config (greedy unless it samples)", minimum=0),
+    Setting("top_p", float, "nucleus sampling threshold", unset_means="the checkpoint's", above=0),
+    Setting("top_k", int, "sample from the k most likely tokens", unset_means="the checkpoint's", minimum=0),
+    Setting("max_new_tokens", int, "stop after this many answer tokens",
+            unset_means="the checkpoint's, else 512", minimum=1),
+    Setting("system", str, "system prompt", unset_means="none"),
+)
+BY_KEY = {s.key: s for s in SETTINGS}
 
 
 def config_path() -> Path:
@@ -42,11 +100,12 @@ def _toml_module():
     return tomli
 
 
-def load_config(warn: Callable[[str], None] | None = None) -> dict:
-    """The configuration file's table; {} when there is none."""
+def load_config(warn: Callable[[str], None] | None = None, *, missing_ok: bool = False) -> dict:
+    """The configuration file's table; {} when there is none (an error when LLAVA_CONFIG
+    names a file that does not exist, unless ``missing_ok``)."""
     path = config_path()
     if not path.is_file():
-        if os.environ.get("LLAVA_CONFIG") and not path.exists():
+        if os.environ.get("LLAVA_CONFIG") and not path.exists() and not missing_ok:
             raise ConfigError(f"LLAVA_CONFIG names {path}, which does not exist")
         return {}
     toml = _toml_module()
@@ -64,16 +123,196 @@ def load_config(warn: Callable[[str], None] | None = None) -> dict:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+# ---------------------------------------------------------------------------------------
+# Values and where they came from
+
+
+def _check(setting: Setting, value: Any, where: str, error: type[LlavaError] = ConfigError) -> Any:
+    """A typed, range-checked value, or a one-line error naming where it was set (a
+    flag's problem is a usage error, exit 2; the file's or environment's, exit 1)."""
+    kind = setting.kind
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "a whole number"
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a number"
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+        expected = "a string"
+        if ok and not value.strip() and setting.key != "system":
+            ok, expected = False, "a non-empty string"
+        value = value.strip() if ok and setting.key != "system" else value
+    problem = None
+    if not ok:
+        problem = f"must be {expected}"
+    elif setting.choices and value not in setting.choices:
+        problem = f"must be one of {', '.join(setting.choices)}"
+    elif setting.minimum is not None and value < setting.minimum:
+        problem = f"must be at least {setting.minimum:g}"
+    elif setting.above is not None and value <= setting.above:
+        problem = f"must be greater than {setting.above:g}"
+    if problem is None:
+        return value
+    if where == setting.flag:
+        raise error(f"{setting.flag} {problem}, not {value!r}")
+    if where == setting.env:
+        raise error(f"{setting.env} {problem}, not {value!r}")
+    raise error(f"{where}: '{setting.key}' {problem}, not {value!r}")
+
+
+def _from_env(setting: Setting) -> Any:
+    raw = os.environ.get(setting.env)
+    if raw is None or raw == "":
+        return None
+    value: Any = raw
+    if setting.kind in (int, float):
+        try:
+            value = setting.kind(raw.strip())
+        except ValueError:
+            expected = "a whole number" if setting.kind is int else "a number"
+            raise ConfigError(f"{setting.env}={raw!r} is not {expected}") from None
+    return _check(setting, value, setting.env)
+
+
+def file_values(warn: Callable[[str], None] | None = None, *, missing_ok: bool = False) -> dict[str, Any]:
+    """The file's settings, checked; unknown keys are warned about, not fatal."""
+    table = load_config(warn, missing_ok=missing_ok)
+    path = config_path()
+    values = {}
+    for key, value in table.items():
+        setting = BY_KEY.get(key)
+        if setting is None:
+            if warn is not None:
+                close = difflib.get_close_matches(key, list(BY_KEY), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                warn(f"{path}: unknown setting '{key}'{hint} ignored")
+            continue
+        values[key] = _check(setting, value, str(path))
+    return values
+
+
+def env_values() -> dict[str, Any]:
+    return {s.key: v for s in SETTINGS if (v := _from_env(s)) is not None}
+
+
+@dataclass
+class Resolved:
+    """Every setting's value (None: not set anywhere) and where it came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]  # key → "--flag", "LLAVA_X", the file's path or "default"
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["values"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def resolve(flags: Mapping[str, Any] | None = None, warn: Callable[[str], None] | None = None, *,
+            missing_ok: bool = False) -> Resolved:
+    """Merge the levels: defaults < file < environment < ``flags`` (None = flag not given)."""
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    for key, value in given.items():
+        if key in BY_KEY:
+            given[key] = _check(BY_KEY[key], value, BY_KEY[key].flag, UsageError)
+    path = str(config_path())
+    levels = [("default", {s.key: s.default for s in SETTINGS if s.default is not None}),
+              (path, file_values(warn, missing_ok=missing_ok)), ("env", env_values()), ("flag", given)]
+    values: dict[str, Any] = {s.key: None for s in SETTINGS}
+    sources: dict[str, str] = {s.key: "default" for s in SETTINGS}
+    for level, table in levels:
+        # frames and fps are one choice: a level that sets either replaces both.
+        if "frames" in table or "fps" in table:
+            values["frames"], values["fps"] = None, None
+        for key, value in table.items():
+            if key not in values:
+                continue
+            values[key] = value
+            sources[key] = {"env": BY_KEY[key].env, "flag": BY_KEY[key].flag}.get(level, level)
+    return Resolved(values, sources)
+
+
 def model_setting(cli_value: str | None = None, warn: Callable[[str], None] | None = None) -> tuple[str, str]:
     """(model reference, where it came from): --model, LLAVA_MODEL, the file, the default."""
     if cli_value:
         return cli_value, "--model"
-    env = os.environ.get("LLAVA_MODEL")
-    if env:
-        return env, "LLAVA_MODEL"
-    value = load_config(warn).get("model")
+    setting = BY_KEY["model"]
+    env = _from_env(setting)
+    if env is not None:
+        return env, setting.env
+    value = load_config(warn).get("model")  # only this key: a bad frames = … is not our business here
     if value is not None:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{config_path()}: 'model' must be a non-empty string")
-        return value.strip(), str(config_path())
+        return _check(setting, value, str(config_path())), str(config_path())
     return DEFAULT_MODEL, "default"
+
+
+# ---------------------------------------------------------------------------------------
+# llava config show / edit
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        import json
+
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def show(warn: Callable[[str], None] | None = None) -> str:
+    """The effective settings (file and environment, before flags) as TOML, each with its
+    source, so the output can seed a config file."""
+    path = config_path()
+    resolved = resolve(warn=warn, missing_ok=True)
+    state = "" if path.is_file() else " (does not exist)"
+    lines = [f"# configuration file: {path}{state}"]
+    width = max(len(s.key) for s in SETTINGS)
+    for setting in SETTINGS:
+        value = resolved.values[setting.key]
+        if value is None:
+            lines.append(f"# {setting.key:<{width}} = …  # unset: {setting.unset_means}")
+        else:
+            lines.append(f"{setting.key:<{width}} = {_toml_value(value)}  # {resolved.sources[setting.key]}")
+    return "\n".join(lines)
+
+
+def template() -> str:
+    """A new config.toml: every setting, commented out, with its meaning."""
+    lines = ["# llava configuration. Environment variables (LLAVA_<KEY>) override these values,",
+             "# and command-line flags override both. `llava config show` prints what applies.", ""]
+    for setting in SETTINGS:
+        extra = f" ({', '.join(setting.choices)})" if setting.choices else ""
+        default = (f"default {_toml_value(setting.default)}" if setting.default is not None
+                   else f"unset: {setting.unset_means}")
+        lines.append(f"# {setting.help}{extra}; {default}")
+        example = setting.default if setting.default is not None else _EXAMPLES[setting.key]
+        lines.append(f"# {setting.key} = {_toml_value(example)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_EXAMPLES = {"frames": 16, "fps": 1.0, "max_frames": 32, "temperature": 0.2, "top_p": 0.9, "top_k": 40,
+             "max_new_tokens": 256, "system": "Answer in one sentence."}
+
+
+def editor_command() -> list[str]:
+    """$VISUAL, else $EDITOR, else a platform default, split like a shell would."""
+    import shlex
+    import shutil
+
+    for name, value in (("VISUAL", os.environ.get("VISUAL")), ("EDITOR", os.environ.get("EDITOR"))):
+        if value and value.strip():
+            try:
+                return shlex.split(value)
+            except ValueError:
+                raise ConfigError(f"${name} is not a valid command line: {value!r}") from None
+    if os.name == "nt":
+        return ["notepad"]
+    for candidate in ("sensible-editor", "nano", "vi"):
+        if shutil.which(candidate):
+            return [candidate]
+    raise ConfigError("no editor found: set $EDITOR (for example EDITOR=nano)")

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -27,6 +27,16 @@ from .tokenizer import Tokenizer
 
 
 @dataclass
+class Encoded:
+    """One image or video, preprocessed and run through the vision side: its embeddings
+    can fill the placeholders of any number of prompts without encoding it again."""
+
+    media: Media
+    item: MediaInput
+    features: torch.Tensor  # (item.num_tokens, text hidden)
+
+
+@dataclass
 class Prepared:
     """A prompt ready for the model: token ids with placeholders expanded, and the
     preprocessed media whose embeddings fill those placeholders, in prompt order."""
@@ -37,16 +47,34 @@ class Prepared:
     media: list[Media] = field(default_factory=list)
     rope_factor: float = 1.0  # linear RoPE factor this prompt runs with
     context: int = 0  # positions available to prompt + answer
+    # Embeddings already computed for ``items`` (from ``Engine.encode``), in the same
+    # order; None: ``embed`` encodes the items itself.
+    features: list[torch.Tensor] | None = None
 
 
 @dataclass
 class Timings:
     load_s: float = 0.0
     encode_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
+    prefill_s: float = 0.0  # the prompt's forward pass, up to the first answer token
+    decode_s: float = 0.0  # every answer token after the first
     prompt_tokens: int = 0
     answer_tokens: int = 0
+    stop_reason: str = ""  # "stop" (an end-of-turn token), "length" (the token limit), "interrupted"
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decoding speed after the first token; None when there is nothing to measure."""
+        if self.answer_tokens < 2 or self.decode_s <= 0:
+            return None
+        return (self.answer_tokens - 1) / self.decode_s
+
+
+@dataclass
+class EngineStats:
+    """Counters over an engine's life; tests use them to prove work is not repeated."""
+
+    media_encoded: int = 0  # images and videos run through the vision tower
 
 
 class Engine:
@@ -64,6 +92,9 @@ class Engine:
         self.device = device
         self.dtype = dtype
         self.timings = Timings()
+        self.stats = EngineStats()
+        # Called after each image or video is encoded (the CLI's --verbose notice).
+        self.on_encode: Callable[[Media | None, MediaInput], None] | None = None
         self.stop_ids = eos_ids(checkpoint.generation.get("eos_token_id"),
                                 (checkpoint.config.get("text_config") or {}).get("eos_token_id"),
                                 checkpoint.config.get("eos_token_id"))
@@ -105,10 +136,28 @@ class Engine:
 
     # -- prompt ------------------------------------------------------------------------
     def prepare(self, media: Sequence[Media], question: str, system: str | None = None, *,
-                long_video: bool = False) -> Prepared:
-        items = self.family.prepare(media)
+                long_video: bool = False, encoded: Sequence[Encoded] | None = None) -> Prepared:
+        """The prompt for one question about ``media``. With ``encoded`` (from ``encode``,
+        for the same media) the media is not preprocessed or encoded again."""
+        if encoded is not None:
+            media = [e.media for e in encoded]
+            items = [e.item for e in encoded]
+        else:
+            items = self.family.prepare(media)
         messages = build_messages(question, [m.kind for m in media], system)
-        text = render_compiled(self._compiled_template, messages, add_generation_prompt=True, **self._template_vars)
+        prepared = self.prepare_messages(messages, items, long_video=long_video)
+        prepared.media = list(media)
+        if encoded is not None:
+            prepared.features = [e.features for e in encoded]
+        return prepared
+
+    def prepare_messages(self, messages: Sequence[Mapping[str, Any]], items: Sequence[MediaInput], *,
+                         long_video: bool = False, add_generation_prompt: bool = True) -> Prepared:
+        """Render a whole conversation (chat-template messages whose media parts match
+        ``items`` in order) to token ids with the placeholders expanded, checked against
+        the context."""
+        text = render_compiled(self._compiled_template, messages, add_generation_prompt=add_generation_prompt,
+                               **self._template_vars)
         ids = self.tokenizer.encode(text)
         counts: dict[int, list[int]] = {}
         for token_id in self.family.token_ids().values():
@@ -117,7 +166,7 @@ class Engine:
             counts[item.placeholder_id].append(item.num_tokens)
         names = {token_id: f"<{kind}>" for kind, token_id in self.family.token_ids().items()}
         ids = expand_placeholders(ids, counts, names)
-        prepared = Prepared(text=text, input_ids=ids, items=items, media=list(media),
+        prepared = Prepared(text=text, input_ids=ids, items=list(items),
                             rope_factor=self.family.text_config.rope_linear_factor,
                             context=self.family.text_config.max_position_embeddings)
         self._fit_context(prepared, long_video)
@@ -158,6 +207,26 @@ class Engine:
 
     # -- model -------------------------------------------------------------------------
     @torch.inference_mode()
+    def encode_item(self, item: MediaInput, media: Media | None = None) -> torch.Tensor:
+        """One preprocessed image or video → its embeddings (num_tokens, text hidden)."""
+        features = self.family.encode(self.model, item).to(self.model.text.embed.weight.dtype)
+        if features.shape[0] != item.num_tokens:
+            raise ModelError(f"{item.kind} produced {features.shape[0]} features for {item.num_tokens} tokens")
+        self.stats.media_encoded += 1
+        if self.on_encode is not None:
+            self.on_encode(media, item)
+        return features
+
+    def encode(self, media: Sequence[Media]) -> list[Encoded]:
+        """Preprocess and encode media once, for use in any number of prompts
+        (``prepare(..., encoded=...)``); times the work in ``timings.encode_s``."""
+        started = time.perf_counter()
+        items = self.family.prepare(media)
+        encoded = [Encoded(m, item, self.encode_item(item, m)) for m, item in zip(media, items)]
+        self.timings.encode_s = time.perf_counter() - started
+        return encoded
+
+    @torch.inference_mode()
     def embed(self, prepared: Prepared) -> torch.Tensor:
         """Token embeddings with media features spliced in: (1, L, hidden)."""
         started = time.perf_counter()
@@ -165,15 +234,20 @@ class Engine:
         ids = torch.tensor(prepared.input_ids, device=self.device)
         embeds = text.embed(ids)
         by_id: dict[int, list[torch.Tensor]] = {}
-        for item in prepared.items:
-            features = self.family.encode(self.model, item).to(embeds.dtype)
-            if features.shape[0] != item.num_tokens:
-                raise ModelError(f"{item.kind} produced {features.shape[0]} features for {item.num_tokens} tokens")
+        media = prepared.media if len(prepared.media) == len(prepared.items) else [None] * len(prepared.items)
+        for index, item in enumerate(prepared.items):
+            if prepared.features is not None:
+                features = prepared.features[index].to(embeds.dtype)
+            else:
+                features = self.encode_item(item, media[index]).to(embeds.dtype)
             by_id.setdefault(item.placeholder_id, []).append(features)
         for token_id, features in by_id.items():
             mask = ids == token_id
             embeds[mask] = torch.cat(features)
-        self.timings.encode_s = time.perf_counter() - started
+        if prepared.features is None:
+            self.timings.encode_s = time.perf_counter() - started
+        else:
+            self.timings.encode_s = 0.0
         return embeds[None]
 
     @torch.inference_mode()
@@ -194,16 +268,31 @@ class Engine:
         capacity = min(embeds.shape[1] + sampling.max_new_tokens, prepared.context)
         text.setup_cache(capacity)
         self.timings.prompt_tokens = embeds.shape[1]
-        self.timings.answer_tokens = 0
+        yield from self._timed(decode_loop(text, embeds, sampling, self.stop_ids, max_positions=capacity),
+                               sampling, limit=capacity - embeds.shape[1])
+
+    def _timed(self, tokens: Iterator[int], sampling: Sampling, *, limit: int) -> Iterator[int]:
+        """Pass tokens through, filling timings: prefill (to the first token), decode (the
+        rest), the count and why it stopped."""
+        timings = self.timings
+        timings.answer_tokens, timings.prefill_s, timings.decode_s = 0, 0.0, 0.0
+        timings.stop_reason = "interrupted"
         started = time.perf_counter()
         first = True
-        for token in decode_loop(text, embeds, sampling, self.stop_ids, max_positions=capacity):
+        try:
+            for token in tokens:
+                if first:
+                    timings.prefill_s = time.perf_counter() - started
+                    started, first = time.perf_counter(), False
+                timings.answer_tokens += 1
+                yield token
+            at_limit = timings.answer_tokens >= min(sampling.max_new_tokens, limit)
+            timings.stop_reason = "length" if at_limit else "stop"
+        finally:
             if first:
-                self.timings.prefill_s = time.perf_counter() - started
-                started, first = time.perf_counter(), False
-            self.timings.answer_tokens += 1
-            yield token
-        self.timings.decode_s = time.perf_counter() - started
+                timings.prefill_s = time.perf_counter() - started
+            else:
+                timings.decode_s = time.perf_counter() - started
 
     def stream(self, prepared: Prepared, sampling: Sampling) -> Iterator[str]:
         """Answer text in pieces, each printed as soon as it is final."""

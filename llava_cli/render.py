@@ -1,56 +1,101 @@
 """Terminal output: the answer on stdout (live through rich on a TTY, plain text when
-piped), notices on stderr, so `llava ask … > answer.txt` captures the answer alone."""
+piped), notices on stderr, so `llava ask … > answer.txt` captures the answer alone.
+
+Colour follows https://no-color.org: when NO_COLOR is set to anything non-empty, nothing
+is styled at all (no colour, no bold, no dim).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
 from rich.console import Console
 
 
-class AnswerWriter:
-    """Writes answer pieces as they arrive and ends the answer with one newline."""
+def color_enabled() -> bool:
+    return not os.environ.get("NO_COLOR")
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+
+def _console(**kwargs) -> Console:
+    if not color_enabled():
+        kwargs.setdefault("no_color", True)
+    return Console(highlight=False, soft_wrap=True, **kwargs)
+
+
+class AnswerWriter:
+    """Writes answer pieces as they arrive and ends the answer with one newline.
+
+    With ``stream=False`` the pieces are collected and written at ``end``, in one piece.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, live: bool = True) -> None:
         self.stream = stream or sys.stdout
-        self.console = Console(file=self.stream, highlight=False, soft_wrap=True) if self.stream.isatty() else None
+        self.console = _console(file=self.stream) if self.stream.isatty() else None
+        self.live = live
+        self.parts: list[str] = []
         self.wrote = False
         self.last = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
     def write(self, piece: str) -> None:
         if not piece:
             return
+        self.parts.append(piece)
+        self.last = piece
+        if not self.live:
+            return
+        self._emit(piece)
+
+    def _emit(self, text: str) -> None:
         if self.console is not None:
-            self.console.print(piece, end="", markup=False, emoji=False)
+            self.console.print(text, end="", markup=False, emoji=False)
             self.console.file.flush()
         else:
-            self.stream.write(piece)
+            self.stream.write(text)
             self.stream.flush()
         self.wrote = True
-        self.last = piece
 
     def end(self) -> None:
+        if not self.live and self.parts:
+            self._emit(self.text)
         self.stream.write("\n")
         self.stream.flush()
 
 
 class Notices:
-    """One-line messages on stderr; dim on a terminal, plain otherwise."""
+    """One-line messages on stderr; dim/coloured on a terminal unless NO_COLOR, plain otherwise.
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+    ``quiet`` silences everything but errors; ``verbose`` lets ``detail`` lines through.
+    """
+
+    def __init__(self, quiet: bool = False, verbose: bool = False) -> None:
+        self.console = _console(stderr=True)
         self.quiet = quiet
+        self.verbose = verbose and not quiet
+
+    def _print(self, message: str, style: str | None) -> None:
+        self.console.print(message, style=style if color_enabled() else None, markup=False)
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, style="dim", markup=False)
+            self._print(message, "dim")
+
+    def detail(self, message: str) -> None:
+        """A --verbose line."""
+        if self.verbose:
+            self._print(message, "dim")
 
     def warn(self, message: str) -> None:
-        self.console.print(f"llava: warning: {message}", style="yellow", markup=False)
+        if not self.quiet:
+            self._print(f"llava: warning: {message}", "yellow")
 
     def error(self, message: str) -> None:
-        self.console.print(f"llava: error: {message}", style="bold red", markup=False)
+        self._print(f"llava: error: {message}", "bold red")
 
     def status(self, message: str):
         """A spinner while something slow happens (only on a terminal)."""

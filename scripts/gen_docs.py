@@ -30,8 +30,11 @@ import typer  # noqa: E402
 
 import llava_cli  # noqa: E402
 from llava_cli import errors  # noqa: E402
+from llava_cli import config as llava_config  # noqa: E402
+from llava_cli import schema  # noqa: E402
 from llava_cli.cli import app  # noqa: E402
 from llava_cli.hub import ALIASES, DEFAULT_MODEL  # noqa: E402
+from llava_cli.repl import HELP as CHAT_HELP  # noqa: E402
 
 PROG = "llava"
 MAN_PATH = "man/llava.1"
@@ -54,6 +57,13 @@ VALUE_NAMES: Dict[str, str] = {
     "--device": "DEVICE",
     "--dtype": "DTYPE",
     "--system": "TEXT",
+    "--fps": "FPS",
+    "--max-frames": "N",
+    "--start": "TIME",
+    "--end": "TIME",
+    "--decoder": "NAME",
+    "--question": "TEXT",
+    "--output": "FILE",
 }
 
 # How shells complete an option's value: ("choices", [...]), ("dirs",), ("files",) or
@@ -63,27 +73,42 @@ VALUE_COMPLETIONS: Dict[str, tuple] = {
     "--model": ("models",),
     "--device": ("choices", ["auto", "cpu", "cuda", "mps"]),
     "--dtype": ("choices", ["auto", "float32", "float16", "bfloat16"]),
+    "--decoder": ("choices", list(llava_config.DECODER_NAMES)),
+    "--output": ("files",),
 }
 
 # How shells complete positional arguments, per command (default: files): "files", "dirs",
 # "aliases" (the model aliases) or "models" (aliases and directories).
 POSITIONAL_COMPLETIONS: Dict[str, str] = {
     "ask": "files",  # [MEDIA]... are image and video files; QUESTION is free text
+    "chat": "files",  # [MEDIA]...
+    "batch": "files",  # INPUT... are files and folders
     "models pull": "aliases",
     "models rm": "aliases",
     "models info": "models",
 }
 
-# Environment variables the package reads; the generator fails on one missing here.
+# Environment variables the package reads; the generator fails on one missing here. The
+# LLAVA_* variable of each setting in llava_cli/config.py's SETTINGS is documented from
+# that table and need not be listed.
 ENV_DOCS: Dict[str, str] = {
-    "LLAVA_MODEL": "Model used when \\fB\\-\\-model\\fR is not given: an alias, "
-                   "\\fIorg/name\\fR[@\\fIrevision\\fR] or a folder. It wins over the "
-                   "configuration file.",
     "LLAVA_CONFIG": "The configuration file to read instead of \\fIconfig.toml\\fR in the "
                     "user configuration directory (see \\fBFILES\\fR).",
     "LLAVA_DEBUG": "When set to a non-empty value, errors are printed with their traceback, "
                    "as with \\fB\\-\\-debug\\fR.",
+    "NO_COLOR": "When set to a non-empty value, nothing is coloured or styled (https://no\\-color.org).",
+    "VISUAL": "The editor \\fBllava config edit\\fR runs (before \\fBEDITOR\\fR).",
+    "EDITOR": "The editor \\fBllava config edit\\fR runs when \\fBVISUAL\\fR is not set (else "
+              "sensible\\-editor, nano or vi).",
+    "XDG_STATE_HOME": "On Linux, the folder of the \\fBllava chat\\fR input history "
+                      "(\\fI$XDG_STATE_HOME/llava/history\\fR, default \\fI~/.local/state\\fR).",
+    "XDG_CONFIG_HOME": "On Linux, the folder of the configuration file "
+                       "(\\fI$XDG_CONFIG_HOME/llava/config.toml\\fR, default \\fI~/.config\\fR).",
 }
+
+# Read by platformdirs on llava's behalf, not by the package source: listed so the check
+# below does not call them stale.
+PLATFORM_ENV = {"XDG_STATE_HOME", "XDG_CONFIG_HOME"}
 
 # Variables huggingface_hub reads on llava's behalf (each must be named in llava_cli/hub.py,
 # which documents how it uses them).
@@ -105,8 +130,8 @@ EXIT_DOCS: Dict[str, str] = {
                   "missing, damaged or unsupported model, a failed download, or a runtime "
                   "failure. One line is printed on standard error.",
     "EXIT_USAGE": "Bad command-line usage (unknown option, missing argument, empty question).",
-    "EXIT_PARTIAL": "Some inputs failed. Reserved for the planned \\fBllava batch\\fR command; "
-                    "no current command exits with it.",
+    "EXIT_PARTIAL": "\\fBllava batch\\fR: some inputs failed; each has a line with its error "
+                    "in the output.",
     "EXIT_INTERRUPTED": "Interrupted (Ctrl-C). An interrupted download resumes where it "
                         "stopped when the command is run again.",
 }
@@ -126,6 +151,17 @@ EXAMPLES: List[Tuple[str, str]] = [
      'llava ask -m ./LLaVA-NeXT-Video-7B-hf clip.mp4 "what happens?"'),
     ("Fetch a model ahead of time, then use it without the network:",
      'llava models pull ov-7b\nllava ask --offline -m ov-7b clip.mp4 "one-line caption" > caption.txt'),
+    ("The question from standard input, and the answer as JSON for jq:",
+     'echo "what happens?" | llava ask clip.mp4 - --json | jq .answer'),
+    ("A conversation about a video (encoded once, however many questions):",
+     'llava chat clip.mp4'),
+    ("Every video under a folder, two questions each, resumable after a crash:",
+     'llava batch clips/ -Q "summarize" -Q "how many people?" -o out.jsonl\n'
+     'llava batch clips/ -Q "summarize" -Q "how many people?" -o out.jsonl --resume'),
+    ("Paths from another program:",
+     'find . -name "*.mp4" -mtime -1 | llava batch - "one-line caption" > captions.jsonl'),
+    ("Set defaults once:",
+     'llava config edit\nllava config show'),
     ("See what is cached, what a model is, and remove one:",
      'llava models list\nllava models info ov-7b\nllava models rm ov-7b'),
 ]
@@ -189,6 +225,8 @@ class Cmd:
         parts += [a.metavar for a in self.arguments]
         return " ".join(parts)
 
+
+SETTING_BY_FLAG = {s.flag: s for s in llava_config.SETTINGS}
 
 _BRACKET = re.compile(r"\s*\[(default|env|env var):\s*([^\]]*)\]")
 
@@ -275,6 +313,9 @@ def _collect_command(command, ctx, name: str) -> Cmd:
         envvar = param.envvar
         if isinstance(envvar, (list, tuple)):
             envvar = " ".join(envvar)
+        setting = SETTING_BY_FLAG.get(long)
+        if setting is not None and name.split()[:1] != ["models"]:
+            envvar = envvar or setting.env
         cmd.options.append(Opt(
             names=names, help=help_text, takes_value=takes_value,
             value_name=_value_name(param, long) if takes_value else "",
@@ -339,10 +380,21 @@ def exit_codes() -> List[Tuple[int, str]]:
 _ENV_READ = re.compile(r"""(?:os\.environ\.get|os\.getenv|os\.environ\[|environ\.get)\(?\s*["']([A-Z0-9_]+)["']""")
 
 
+def _setting_env_docs() -> Dict[str, str]:
+    docs = {}
+    for setting in llava_config.SETTINGS:
+        unset = (f"default {setting.default}" if setting.default is not None else f"unset: {setting.unset_means}")
+        docs[setting.env] = _roff(f"The {setting.key} setting ({setting.help}; {unset}): overrides "
+                                  f"config.toml's {setting.key}, and {setting.flag} overrides it.")
+    return docs
+
+
 def environment(root: Cmd, commands: List[Cmd]) -> List[Tuple[str, str]]:
-    names = {o.envvar for c in [root, *commands] for o in c.options if o.envvar}
+    settings_docs = _setting_env_docs()
+    names = {o.envvar for c in [root, *commands] for o in c.options if o.envvar} - set(settings_docs)
     for path in sorted((ROOT / "llava_cli").rglob("*.py")):
         names.update(_ENV_READ.findall(path.read_text(encoding="utf-8")))
+    names |= PLATFORM_ENV
     missing = sorted(names - set(ENV_DOCS))
     if missing:
         raise SystemExit(f"gen_docs: describe {', '.join(missing)} in ENV_DOCS")
@@ -354,7 +406,7 @@ def environment(root: Cmd, commands: List[Cmd]) -> List[Tuple[str, str]]:
     if stale:
         raise SystemExit(f"gen_docs: HUB_ENV_DOCS names variables llava_cli/hub.py never mentions: "
                          f"{', '.join(stale)}")
-    docs = {**ENV_DOCS, **HUB_ENV_DOCS}
+    docs = {**ENV_DOCS, **HUB_ENV_DOCS, **settings_docs}
     return [(name, docs[name]) for name in sorted(docs)]
 
 
@@ -461,8 +513,9 @@ def render_man(root: Cmd, commands: List[Cmd]) -> str:
     for cmd in commands:
         args = "COMMAND" if cmd.children else " ".join(a.metavar for a in cmd.arguments)
         out += [f'.SS "llava {cmd.name} [OPTIONS] {_roff(args)}"'.replace('  "', ' "'),
-                _roff(cmd.help.replace("\n\n", "\n.PP\n")) if cmd.help else "",
+                "\n.PP\n".join(_roff(part) for part in cmd.help.split("\n\n")) if cmd.help else "",
                 *_options_block(cmd)]
+    out += _chat_section() + _json_section() + _config_section()
     out.append(".SH ENVIRONMENT")
     for name, text in environment(root, commands):
         out += [".TP", f"\\fB{name}\\fR", text]
@@ -478,7 +531,11 @@ def render_man(root: Cmd, commands: List[Cmd]) -> str:
             "The configuration file, in the user configuration directory of the platform "
             "(\\fI~/Library/Application Support/llava\\fR on macOS), or the file "
             "\\fBLLAVA_CONFIG\\fR names. "
-            "It may set the default model: \\fBmodel = \"ov\\-7b\"\\fR.",
+            "It sets defaults for the options; see \\fBCONFIGURATION\\fR.",
+            ".TP",
+            "\\fI~/.local/state/llava/history\\fR",
+            "The \\fBllava chat\\fR input history, in the user state directory of the platform "
+            "(\\fI~/Library/Application Support/llava\\fR on macOS).",
             ".TP",
             "\\fI~/.cache/huggingface/hub\\fR",
             "The Hugging Face model cache (see \\fBHF_HUB_CACHE\\fR and \\fBHF_HOME\\fR), "
@@ -487,6 +544,67 @@ def render_man(root: Cmd, commands: List[Cmd]) -> str:
             "\\fBllava \\-\\-help\\fR, \\fBllava ask \\-\\-help\\fR; shell completions in "
             "\\fIcompletions/\\fR of the source tree; the project README."]
     return "\n".join(line for line in out if line != "") + "\n"
+
+
+def _chat_section() -> List[str]:
+    out = [".SH CHAT COMMANDS",
+           "Lines that \\fBllava chat\\fR reads are questions, except these commands:",
+           ".PP", ".RS 4", ".nf"]
+    out += [_roff(line) for line in CHAT_HELP.splitlines() if line.strip() and line != "Commands:"]
+    out += [".fi", ".RE",
+            ".PP",
+            "The conversation is kept in the model's KV cache: each question runs only its own tokens "
+            "through the model, and each image or video is encoded once (also when attached again, while "
+            "the file is unchanged). A question interrupted by Ctrl\\-C before its answer begins is "
+            "withdrawn; once the answer has begun, the partial answer stays in the conversation. "
+            "\\fB/save\\fR writes the conversation, with each media file's path and frame settings, as "
+            "JSON; \\fB/load\\fR decodes the media again."]
+    return out
+
+
+def _fields(fields) -> List[str]:
+    out = []
+    for f in fields:
+        out += [".TP", f"\\fB{_roff(f.name)}\\fR ({_roff(f.type)})", _roff(f.help[:1].upper() + f.help[1:] + ".")]
+    return out
+
+
+def _json_section() -> List[str]:
+    out = [".SH JSON OUTPUT",
+           "\\fBllava ask \\-\\-json\\fR prints one object:"]
+    out += _fields(schema.ASK_FIELDS)
+    out += [".PP", "Each object of \\fBmedia\\fR:"] + _fields(schema.MEDIA_FIELDS)
+    out += [".PP", "\\fBtimings\\fR:"] + _fields(schema.TIMINGS_FIELDS)
+    out += [".PP",
+            "\\fBllava batch\\fR prints one object per line (JSON Lines), one line per input and question, "
+            "in input order:"]
+    out += _fields(schema.BATCH_FIELDS)
+    out += [".PP",
+            "Each line is written with a single write and synced to disk before the next input starts, so a "
+            "killed run leaves whole lines and at most one partial last line (without its newline). "
+            "\\fB\\-\\-resume\\fR keeps the lines that are complete JSON with an answer and no error, "
+            "rewrites the file with only those, and answers the rest: failed inputs are retried. In a folder, "
+            "files are chosen by extension (image and video extensions; others, such as \\fI.txt\\fR, are "
+            "skipped and counted on standard error) and then checked by content when decoded."]
+    return out
+
+
+def _config_section() -> List[str]:
+    out = [".SH CONFIGURATION",
+           "Settings come from, last winning: built\\-in defaults, the configuration file "
+           "\\fIconfig.toml\\fR (see \\fBFILES\\fR), the \\fBLLAVA_\\fR\\fIKEY\\fR environment variables, "
+           "and the command\\-line flags. \\fBframes\\fR and \\fBfps\\fR are one choice: the last level "
+           "that sets either decides. \\fBllava config show\\fR prints what applies and where it comes "
+           "from. The keys:"]
+    for setting in llava_config.SETTINGS:
+        kind = {str: "string", int: "integer", float: "number"}[setting.kind]
+        unset = (f"Default: {setting.default}." if setting.default is not None
+                 else f"Unset: {setting.unset_means}.")
+        choices = f" One of: {', '.join(setting.choices)}." if setting.choices else ""
+        out += [".TP", f"\\fB{_roff(setting.key)}\\fR ({kind}; \\fB{_roff(setting.flag)}\\fR, "
+                       f"\\fB{setting.env}\\fR)",
+                _roff(setting.help[:1].upper() + setting.help[1:] + "." + choices + " " + unset)]
+    return out
 
 
 def _lower_first(text: str) -> str:

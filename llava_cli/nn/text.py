@@ -255,6 +255,33 @@ class TextModel(nn.Module):
             block.attn.v_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         self.cache_capacity = capacity
 
+    def grow_cache(self, capacity: int) -> None:
+        """Make the KV buffer hold at least ``capacity`` positions, KEEPING what it holds.
+
+        ``setup_cache`` reallocates and loses the contents; a multi-turn conversation keeps
+        its history in the cache, so it grows by copying instead. Without a cache this is
+        ``setup_cache``. All new buffers are built before any is installed, so an
+        interruption part-way leaves the old cache whole.
+        """
+        first = self.layers[0].attn.k_cache
+        if first is None:
+            self.setup_cache(capacity)
+            return
+        if capacity <= self.cache_capacity:
+            return
+        grown = []
+        for block in self.layers:
+            old_k, old_v = block.attn.k_cache, block.attn.v_cache
+            shape = (*old_k.shape[:2], capacity, old_k.shape[3])
+            new_k = torch.zeros(shape, dtype=old_k.dtype, device=old_k.device)
+            new_v = torch.zeros(shape, dtype=old_v.dtype, device=old_v.device)
+            new_k[:, :, : old_k.shape[2]] = old_k
+            new_v[:, :, : old_v.shape[2]] = old_v
+            grown.append((new_k, new_v))
+        for block, (new_k, new_v) in zip(self.layers, grown):
+            block.attn.k_cache, block.attn.v_cache = new_k, new_v
+        self.cache_capacity = capacity
+
     def drop_cache(self) -> None:
         for block in self.layers:
             block.attn.k_cache = block.attn.v_cache = None
