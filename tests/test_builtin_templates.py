@@ -114,6 +114,13 @@ def test_every_hub_checkpoint_is_listed():
     assert hub == set(CHECKPOINTS)
 
 
+def test_test_fallback_table_agrees():
+    """tests/checkpoints.py falls back to these built-ins when ../shared is absent."""
+    from checkpoints import HUB_BUILTIN
+
+    assert HUB_BUILTIN == {key: expected for key, (_, expected) in CHECKPOINTS.items()}
+
+
 @pytest.mark.parametrize("key", sorted(CHECKPOINTS))
 def test_selector_picks_the_expected_family(key):
     facts, expected = CHECKPOINTS[key]
