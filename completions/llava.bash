@@ -69,10 +69,13 @@ _llava() {
                 --seed) COMPREPLY=(); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 float16 bfloat16" -- "$cur")); return ;;
+                --attn) COMPREPLY=($(compgen -W "auto sdpa flash eager" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none 4bit 4bit-dq 8bit" -- "$cur")); return ;;
+                --prefill-chunk) COMPREPLY=(); return ;;
                 -s|--system) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system --json --no-stream -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --json --no-stream -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi
@@ -93,10 +96,13 @@ _llava() {
                 --seed) COMPREPLY=(); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 float16 bfloat16" -- "$cur")); return ;;
+                --attn) COMPREPLY=($(compgen -W "auto sdpa flash eager" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none 4bit 4bit-dq 8bit" -- "$cur")); return ;;
+                --prefill-chunk) COMPREPLY=(); return ;;
                 -s|--system) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi
@@ -119,10 +125,13 @@ _llava() {
                 --seed) COMPREPLY=(); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 float16 bfloat16" -- "$cur")); return ;;
+                --attn) COMPREPLY=($(compgen -W "auto sdpa flash eager" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none 4bit 4bit-dq 8bit" -- "$cur")); return ;;
+                --prefill-chunk) COMPREPLY=(); return ;;
                 -s|--system) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype -s --system -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi

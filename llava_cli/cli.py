@@ -74,6 +74,18 @@ _SEED = typer.Option(None, "--seed", show_default=False, help="Random seed for s
 _DEVICE = typer.Option(None, "--device", show_default=False, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
 _DTYPE = typer.Option(None, "--dtype", show_default=False,
                       help="auto, float32, float16 or bfloat16. [default: auto]")
+_ATTN = typer.Option(None, "--attn", show_default=False,
+                     help="Attention: auto, sdpa, flash (FlashAttention-2) or eager. [default: auto, flash where "
+                          "it runs, else sdpa]")
+_QUANTIZE = typer.Option(None, "--quantize", show_default=False,
+                         help="Language-model weights through bitsandbytes: 4bit (NF4), 4bit-dq (NF4, double "
+                              "quantization), 8bit (LLM.int8) or none. [default: none]")
+_COMPILE = typer.Option(None, "--compile/--no-compile", show_default=False,
+                        help="Compile the decode step with torch.compile (CUDA graphs on GPU); the first answer "
+                             "waits for it. [default: off]")
+_PREFILL_CHUNK = typer.Option(None, "--prefill-chunk", min=0, show_default=False,
+                              help="Prompt positions per prefill pass; bounds the memory of long video prompts "
+                                   "(0: all at once). [default: 1024]")
 _SYSTEM = typer.Option(None, "--system", "-s", show_default=False, help="System prompt.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="Print only the answer and errors: no progress, no warnings.")
 _VERBOSE = typer.Option(False, "--verbose", "-v",
@@ -126,9 +138,18 @@ class _Run:
         from .engine import Engine
 
         with self.notices.status("loading model…"):
-            self.engine = Engine.load(self.checkpoint, family=self.family, device=self.settings.device,
-                                      dtype=self.settings.dtype)
+            values = self.settings.values
+            quantize = values["quantize"]
+            self.engine = Engine.load(self.checkpoint, family=self.family, device=values["device"],
+                                      dtype=values["dtype"], attn=values["attn"],
+                                      quantize=None if quantize == "none" else quantize,
+                                      compile=bool(values["compile"]), prefill_chunk=values["prefill_chunk"])
         notices = self.notices
+        engine = self.engine
+        weights = "unquantized" if quantize in (None, "none") else quantize
+        notices.detail(f"model {self.family.title} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}), "
+                       f"attention {engine.attention}, language-model weights {weights}"
+                       + (", compiled decode" if values["compile"] else ""))
 
         def encoded(media, item) -> None:
             if media is None:
@@ -157,11 +178,13 @@ class _Run:
 
 
 def _run(*, model, offline, frames, fps, max_frames, start, end, decoder, long_video, max_new_tokens,
-         temperature, top_p, top_k, seed, device, dtype, system, quiet, verbose) -> _Run:
+         temperature, top_p, top_k, seed, device, dtype, attn, quantize, compile, prefill_chunk, system, quiet,
+         verbose) -> _Run:
     from . import config
 
     notices = Notices(quiet=quiet, verbose=verbose)
-    flags = dict(model=model, device=device, dtype=dtype, frames=frames, fps=fps, max_frames=max_frames,
+    flags = dict(model=model, device=device, dtype=dtype, attn=attn, quantize=quantize, compile=compile,
+                 prefill_chunk=prefill_chunk, frames=frames, fps=fps, max_frames=max_frames,
                  decoder=decoder, temperature=temperature, top_p=top_p, top_k=top_k,
                  max_new_tokens=max_new_tokens, system=system)
     settings = config.resolve(flags, warn=notices.warn)
@@ -203,6 +226,10 @@ def ask(
     seed: Optional[int] = _SEED,
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
+    attn: Optional[str] = _ATTN,
+    quantize: Optional[str] = _QUANTIZE,
+    compile: Optional[bool] = _COMPILE,
+    prefill_chunk: Optional[int] = _PREFILL_CHUNK,
     system: Optional[str] = _SYSTEM,
     json_output: bool = typer.Option(False, "--json",
                                      help="Print one JSON object (answer, model, media, token counts, timings) "
@@ -220,7 +247,8 @@ def ask(
         raise UsageError("the question is empty")
     run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
                decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
-               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, system=system, quiet=quiet,
+               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, attn=attn, quantize=quantize,
+               compile=compile, prefill_chunk=prefill_chunk, system=system, quiet=quiet,
                verbose=verbose)
     notices = run.notices
     run.open(has_video=bool(media_paths))
@@ -299,6 +327,10 @@ def chat(
     seed: Optional[int] = _SEED,
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
+    attn: Optional[str] = _ATTN,
+    quantize: Optional[str] = _QUANTIZE,
+    compile: Optional[bool] = _COMPILE,
+    prefill_chunk: Optional[int] = _PREFILL_CHUNK,
     system: Optional[str] = _SYSTEM,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
@@ -320,7 +352,8 @@ def chat(
     media_paths = media_paths or []
     run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
                decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
-               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, system=system, quiet=quiet,
+               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, attn=attn, quantize=quantize,
+               compile=compile, prefill_chunk=prefill_chunk, system=system, quiet=quiet,
                verbose=verbose)
     notices = run.notices
     run.open()
@@ -389,6 +422,10 @@ def batch(
     seed: Optional[int] = _SEED,
     device: Optional[str] = _DEVICE,
     dtype: Optional[str] = _DTYPE,
+    attn: Optional[str] = _ATTN,
+    quantize: Optional[str] = _QUANTIZE,
+    compile: Optional[bool] = _COMPILE,
+    prefill_chunk: Optional[int] = _PREFILL_CHUNK,
     system: Optional[str] = _SYSTEM,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
@@ -423,7 +460,8 @@ def batch(
         output = None
     run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
                decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
-               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, system=system, quiet=quiet,
+               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, attn=attn, quantize=quantize,
+               compile=compile, prefill_chunk=prefill_chunk, system=system, quiet=quiet,
                verbose=verbose)
     notices = run.notices
     options = batch_mod.BatchOptions(questions=questions, output=output, resume=resume, overwrite=overwrite,

@@ -36,12 +36,15 @@ from .hub import DEFAULT_MODEL
 
 DECODER_NAMES = ("pyav", "decord")  # media.DECODERS, without importing PyAV here
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+ATTN_NAMES = ("auto", "sdpa", "flash", "eager")  # nn.attention.CHOICES, without importing torch here
+QUANTIZE_NAMES = ("none", "4bit", "4bit-dq", "8bit")  # nn.quant.CHOICES
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
 class Setting:
     key: str  # in config.toml; the flag is --key with _ → -
-    kind: type  # str, int or float
+    kind: type  # str, int, float or bool
     help: str
     default: Any = None  # None: the command decides (shown as `unset_means`)
     unset_means: str = ""
@@ -62,6 +65,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model", str, "the model: an alias, org/name[@revision] or a folder", DEFAULT_MODEL),
     Setting("device", str, "where to run: auto, cpu, cuda, cuda:N or mps", "auto"),
     Setting("dtype", str, "compute dtype", "auto", choices=DTYPE_NAMES),
+    Setting("attn", str, "attention backend: flash-attn where it runs, else PyTorch SDPA", "auto",
+            choices=ATTN_NAMES),
+    Setting("quantize", str, "language-model weights in 4 bits (NF4; -dq: double quantization) or 8 "
+            "(LLM.int8), through bitsandbytes", "none", choices=QUANTIZE_NAMES),
+    Setting("compile", bool, "compile the decode step with torch.compile (CUDA graphs on GPU); "
+            "the first answer waits for the compilation", False),
+    Setting("prefill_chunk", int, "prompt positions per prefill pass, bounding the memory of long "
+            "video prompts (0: the whole prompt at once)", 1024, minimum=0),
     Setting("frames", int, "frames sampled uniformly from each video",
             unset_means="the family's default (8 for most)", minimum=1),
     Setting("fps", float, "sample videos at this rate instead of a fixed count",
@@ -131,7 +142,10 @@ def _check(setting: Setting, value: Any, where: str, error: type[LlavaError] = C
     """A typed, range-checked value, or a one-line error naming where it was set (a
     flag's problem is a usage error, exit 2; the file's or environment's, exit 1)."""
     kind = setting.kind
-    if kind is int:
+    if kind is bool:
+        ok = isinstance(value, bool)
+        expected = "true or false"
+    elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
         expected = "a whole number"
     elif kind is float:
@@ -167,7 +181,12 @@ def _from_env(setting: Setting) -> Any:
     if raw is None or raw == "":
         return None
     value: Any = raw
-    if setting.kind in (int, float):
+    if setting.kind is bool:
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ConfigError(f"{setting.env}={raw!r} is not a yes/no value (1, true, yes, on; 0, false, no, off)")
+        value = word in _TRUE
+    elif setting.kind in (int, float):
         try:
             value = setting.kind(raw.strip())
         except ValueError:
@@ -258,6 +277,8 @@ def _toml_value(value: Any) -> str:
         import json
 
         return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     return str(value)

@@ -20,6 +20,15 @@ from .errors import ModelError, PromptError
 from .families import Family, MediaInput, family_for
 from .generate import Sampling, decode_loop, eos_ids
 from .loading import Checkpoint, load_weights, resolve_device, resolve_dtype
+from .nn.attention import resolve_backend
+from .nn.quant import Quantizer
+
+# Prompt positions per prefill pass: bounds the activations of a long video prompt
+# (a 32-frame NeXT-Video prompt is ~4,700 positions) at little cost in speed.
+DEFAULT_PREFILL_CHUNK = 1024
+# KV cache capacities are rounded up to this, so prompts of similar length share one
+# buffer (and one compiled decode graph) instead of reallocating per prompt.
+CACHE_GRANULE = 256
 from .media import Media
 from .prompt import (BUILTIN_TEMPLATES, build_messages, builtin_template_for, compile_chat_template,
                      expand_placeholders, load_chat_template, render_compiled)
@@ -104,8 +113,15 @@ class Engine:
 
     @classmethod
     def load(cls, folder: str | Path | Checkpoint, *, device: str | None = None, dtype: str | None = None,
-             attn: str = "sdpa", family: Family | None = None) -> "Engine":
-        """Load a model folder (or an already opened Checkpoint and its Family)."""
+             attn: str | None = "auto", family: Family | None = None, quantize: str | None = None,
+             compile: bool = False, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> "Engine":
+        """Load a model folder (or an already opened Checkpoint and its Family).
+
+        ``attn``: auto | sdpa | flash | eager. ``quantize``: None | "4bit" | "4bit-dq" |
+        "8bit" (bitsandbytes; the language model's linear layers only). ``compile``:
+        torch.compile the decode step. ``prefill_chunk``: prompt positions per prefill
+        pass (0: the whole prompt at once).
+        """
         started = time.perf_counter()
         checkpoint = folder if isinstance(folder, Checkpoint) else Checkpoint.open(folder)
         family = family or family_for(checkpoint)
@@ -115,18 +131,37 @@ class Engine:
             family.name, text_type, family.text_config.vocab_size, tokenizer.bos_token)]
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        backend = resolve_backend(attn, torch_device, torch_dtype)
+        quantizer = Quantizer.create(quantize, torch_device, torch_dtype) if quantize not in (None, "", "none") \
+            else None
         shards = checkpoint.shard_files()
         with torch.device("meta"):
             model = family.build()
-        load_weights(model, shards, device=torch_device, dtype=torch_dtype)
+        load_weights(model, shards, device=torch_device, dtype=torch_dtype, quantizer=quantizer)
         model.text.rotary.reset(torch_device)
-        for module in model.modules():
-            if hasattr(module, "attn_backend"):
-                module.attn_backend = attn
         model.eval()
         engine = cls(checkpoint, family, model, tokenizer, template, torch_device, torch_dtype)
+        engine.set_attention(backend)
+        engine.set_prefill_chunk(prefill_chunk)
+        if compile:
+            model.text.compile_decode()
         engine.timings.load_s = time.perf_counter() - started
         return engine
+
+    @property
+    def attention(self) -> str:
+        return self.model.text.attn_backend
+
+    def set_attention(self, backend: str) -> None:
+        """Switch every attention layer (vision and text) to a resolved backend."""
+        for module in self.model.modules():
+            if hasattr(module, "attn_backend"):
+                module.attn_backend = backend
+
+    def set_prefill_chunk(self, positions: int) -> None:
+        if positions < 0:
+            raise ModelError("the prefill chunk must be >= 0 (0: the whole prompt at once)")
+        self.model.text.prefill_chunk = positions
 
     def _check_placeholders(self) -> None:
         for kind, token_id in self.family.token_ids().items():
@@ -253,9 +288,11 @@ class Engine:
     @torch.inference_mode()
     def logits(self, prepared: Prepared) -> torch.Tensor:
         """Next-token logits after the whole prompt: (vocab,) float32."""
-        self.model.text.drop_cache()
+        text = self.model.text
+        embeds = self.embed(prepared)
         self._use_rope(prepared)
-        return self.model.text(self.embed(prepared))[0, -1].float()
+        text.setup_cache(cache_capacity(embeds.shape[1] + 1, prepared.context))
+        return text.prefill(embeds)[0, -1].float()
 
     def sampling(self, **overrides) -> Sampling:
         return Sampling.resolve(self.checkpoint.generation, **overrides)
@@ -266,7 +303,7 @@ class Engine:
         text = self.model.text
         self._use_rope(prepared)
         capacity = min(embeds.shape[1] + sampling.max_new_tokens, prepared.context)
-        text.setup_cache(capacity)
+        text.setup_cache(cache_capacity(capacity, prepared.context))
         self.timings.prompt_tokens = embeds.shape[1]
         yield from self._timed(decode_loop(text, embeds, sampling, self.stop_ids, max_positions=capacity),
                                sampling, limit=capacity - embeds.shape[1])
@@ -304,3 +341,9 @@ class Engine:
         tail = decoder.flush()
         if tail:
             yield tail
+
+
+def cache_capacity(needed: int, context: int) -> int:
+    """``needed`` positions rounded up to a CACHE_GRANULE, within the context (but never
+    below ``needed``)."""
+    return max(needed, min(context, -(-needed // CACHE_GRANULE) * CACHE_GRANULE))

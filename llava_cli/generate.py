@@ -104,15 +104,20 @@ def decode_loop(text: TextModel, embeds: torch.Tensor, sampling: Sampling, stop:
     """Prefill ``embeds`` (1, L, hidden) at ``start``, then yield tokens until a stop id.
 
     The stop token itself is not yielded. The KV cache must already hold room for
-    ``start + L + max_new_tokens`` positions (``TextModel.setup_cache``).
+    ``start + L + max_new_tokens`` positions (``TextModel.setup_cache``). Each token
+    after the first is one ``TextModel.decode`` call on two preallocated buffers (token
+    id, position): no tensor is built from Python values in the loop, and the step's
+    shapes never change, which is what lets ``--compile`` capture it once.
     """
     sampler = Sampler(sampling, embeds.device)
     length = embeds.shape[1]
-    logits = text(embeds, start=start)[0, -1]
+    logits = text.prefill(embeds, start=start)[0, -1]
     position = start + length
     limit = sampling.max_new_tokens
     if max_positions is not None:
         limit = min(limit, max_positions - position)
+    token_buffer = torch.zeros((1, 1), dtype=torch.long, device=embeds.device)
+    position_buffer = torch.zeros((1,), dtype=torch.long, device=embeds.device)
     for step in range(limit):
         token = sampler(logits)
         if token in stop:
@@ -120,6 +125,7 @@ def decode_loop(text: TextModel, embeds: torch.Tensor, sampling: Sampling, stop:
         yield token
         if step == limit - 1:
             return
-        token_embed = text.embed(torch.tensor([[token]], device=embeds.device))
-        logits = text(token_embed, start=position)[0, -1]
+        token_buffer.fill_(token)
+        position_buffer.fill_(position)
+        logits = text.decode(token_buffer, position_buffer)[0]
         position += 1

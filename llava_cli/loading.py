@@ -126,17 +126,20 @@ def _vision_block_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, dtype: torch.dtype) -> None:
+def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, dtype: torch.dtype,
+                 quantizer=None) -> None:
     """Fill a model built on the meta device with the shards' tensors.
 
     Each tensor is read once into CPU memory, converted to ``dtype`` and moved to
     ``device``, then owned by the module: peak memory is the weights plus one tensor.
-    Vision blocks past the feature layer are skipped (they were never built).
+    Vision blocks past the feature layer are skipped (they were never built). With a
+    ``quantizer`` (nn/quant.py) the layers it wants are replaced, as their weight
+    arrives, by quantized ones.
     """
-    slots: dict[str, tuple[nn.Module, str, bool]] = {}
+    slots: dict[str, tuple[nn.Module, str, str]] = {}
     for module_name, module in model.named_modules():
         for leaf, _ in module.named_parameters(recurse=False):
-            slots[f"{module_name}.{leaf}" if module_name else leaf] = (module, leaf, True)
+            slots[f"{module_name}.{leaf}" if module_name else leaf] = (module, leaf, module_name)
     filled: set[str] = set()
     for shard in shards:
         for key, tensor in iter_tensors(shard):
@@ -147,11 +150,18 @@ def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, 
                 if skippable(name):
                     continue
                 raise ModelError(f"unexpected weight '{key}' in {shard.name}: is this the right model family?")
-            module, leaf, _ = slots[name]
+            module, leaf, module_name = slots[name]
             expected = tuple(getattr(module, leaf).shape)
             if tuple(tensor.shape) != expected:
                 raise ModelError(f"weight '{key}' in {shard.name} has shape {tuple(tensor.shape)}, "
                                  f"config says {expected}")
+            if quantizer is not None and leaf == "weight" and quantizer.wants(module_name, module):
+                layer = quantizer.quantize(model, module_name, module, tensor)
+                if layer.bias is not None:
+                    slots[f"{module_name}.bias"] = (layer, "bias", module_name)
+                filled.add(name)
+                del tensor
+                continue
             value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
             module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
             filled.add(name)

@@ -74,6 +74,8 @@ VALUE_COMPLETIONS: Dict[str, tuple] = {
     "--device": ("choices", ["auto", "cpu", "cuda", "mps"]),
     "--dtype": ("choices", ["auto", "float32", "float16", "bfloat16"]),
     "--decoder": ("choices", list(llava_config.DECODER_NAMES)),
+    "--attn": ("choices", list(llava_config.ATTN_NAMES)),
+    "--quantize": ("choices", list(llava_config.QUANTIZE_NAMES)),
     "--output": ("files",),
 }
 
@@ -597,7 +599,7 @@ def _config_section() -> List[str]:
            "that sets either decides. \\fBllava config show\\fR prints what applies and where it comes "
            "from. The keys:"]
     for setting in llava_config.SETTINGS:
-        kind = {str: "string", int: "integer", float: "number"}[setting.kind]
+        kind = {str: "string", int: "integer", float: "number", bool: "boolean"}[setting.kind]
         unset = (f"Default: {setting.default}." if setting.default is not None
                  else f"Unset: {setting.unset_means}.")
         choices = f" One of: {', '.join(setting.choices)}." if setting.choices else ""

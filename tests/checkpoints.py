@@ -64,6 +64,8 @@ class TinySpec:
     init_std: float = 0.1  # wider than the default 0.02 so greedy choices are well separated
     seed: int = 0
     extra_text_config: dict = field(default_factory=dict)
+    extra_vision_config: dict = field(default_factory=dict)
+    save_dtype: str | None = None  # e.g. "bfloat16" for the benchmark's full-size checkpoints
 
 
 def build_tokenizer(spec: TinySpec, workdir: Path):
@@ -102,6 +104,7 @@ def make_next_video(folder: Path, spec: TinySpec | None = None) -> Path:
         "model_type": "clip_vision_model", "hidden_size": spec.vision_hidden,
         "intermediate_size": spec.vision_hidden * 2, "num_hidden_layers": spec.vision_layers,
         "num_attention_heads": 4, "image_size": spec.image_size, "patch_size": 14, "projection_dim": 32,
+        **spec.extra_vision_config,
     }
     config = LlavaNextVideoConfig(
         text_config=text_config, vision_config=vision_config, image_token_index=image_id,
@@ -115,6 +118,8 @@ def make_next_video(folder: Path, spec: TinySpec | None = None) -> Path:
         for name, param in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "layrnorm" in name:
                 param.add_(torch.randn_like(param) * spec.init_std)
+    if spec.save_dtype:
+        model.to(getattr(torch, spec.save_dtype))
     model.save_pretrained(folder, safe_serialization=True)
 
     size = spec.image_size

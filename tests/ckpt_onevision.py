@@ -81,7 +81,8 @@ def build_tokenizer(kind: str):
 
 def make_onevision(folder: Path, tokenizer: str = "trained", tied: bool = True, *, hidden: int = 64,
                    layers: int = 2, heads: int = 4, kv_heads: int = 2, vision_hidden: int = 32,
-                   vision_layers: int = 2, init_std: float = 0.1, seed: int = 0) -> Path:
+                   vision_layers: int = 2, init_std: float = 0.1, seed: int = 0, text_overrides: dict | None = None,
+                   vision_overrides: dict | None = None, save_dtype: str | None = None) -> Path:
     """Write a tiny random LLaVA-OneVision checkpoint to ``folder`` and return it.
 
     ``tied``: the 0.5B layout, where the LM head is the embedding matrix and no
@@ -106,11 +107,13 @@ def make_onevision(folder: Path, tokenizer: str = "trained", tied: bool = True, 
         # 4.48.3 ties the LM head by the *text* config's flag (the composite's tie_weights
         # delegates to the language model); the hub 0.5B config sets it there.
         "tie_word_embeddings": tied,
+        **(text_overrides or {}),
     }
     vision_config = {
         "model_type": "siglip_vision_model", "hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2,
         "num_hidden_layers": vision_layers, "num_attention_heads": 4, "image_size": 384, "patch_size": 14,
         "vision_use_head": False,
+        **(vision_overrides or {}),
     }
     config = LlavaOnevisionConfig(
         text_config=text_config, vision_config=vision_config, image_token_index=image_id,
@@ -132,6 +135,8 @@ def make_onevision(folder: Path, tokenizer: str = "trained", tied: bool = True, 
         assert model.language_model.lm_head.weight is model.language_model.model.embed_tokens.weight
     else:
         assert model.language_model.lm_head.weight is not model.language_model.model.embed_tokens.weight
+    if save_dtype:
+        model.to(getattr(torch, save_dtype))
     model.save_pretrained(folder, safe_serialization=True)
 
     common = dict(size={"height": 384, "width": 384}, resample=3, do_rescale=True, rescale_factor=1 / 255,
@@ -150,3 +155,14 @@ def make_onevision(folder: Path, tokenizer: str = "trained", tied: bool = True, 
 def load_reference(folder: Path):
     """The reference model and processor, loaded from the folder as a user would."""
     return load_pretrained(folder, "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor")
+
+
+def make_onevision_sized(folder: Path, dims: dict) -> Path:
+    """A random OneVision checkpoint with a benchmark's widths (bench/bench_ask.py SIZES),
+    untied head as in the 7B, SigLIP-so400m's vision shapes, saved in bfloat16."""
+    return make_onevision(folder, "trained", tied=False, hidden=dims["hidden"], layers=dims["layers"],
+                          heads=dims["heads"], kv_heads=dims["kv_heads"], vision_hidden=1152, vision_layers=26,
+                          init_std=0.02, text_overrides={"intermediate_size": dims["inter"],
+                                                         "vocab_size": dims["vocab"]},
+                          vision_overrides={"num_attention_heads": 16, "intermediate_size": 4304},
+                          save_dtype="bfloat16")

@@ -185,19 +185,40 @@ def reference_stop_ids(ref_model) -> frozenset[int]:
     return frozenset([eos] if isinstance(eos, int) else eos)
 
 
+def attention_setups(device: torch.device, dtype: torch.dtype) -> list[tuple[str, int]]:
+    """(attention backend, prefill chunk) pairs to check: every backend that runs here,
+    SDPA with the default chunk, eager with a small odd chunk that splits every prompt
+    (and its media spans) unevenly."""
+    from llava_cli.engine import DEFAULT_PREFILL_CHUNK
+    from llava_cli.nn.attention import flash_available
+
+    setups = [("sdpa", DEFAULT_PREFILL_CHUNK), ("eager", 97)]
+    if flash_available(device, dtype) is None:
+        setups.append(("flash", DEFAULT_PREFILL_CHUNK))
+    return setups
+
+
 def check_outputs(engine: Engine, ref_model, prepared, ref, *, min_distinct: int = 0) -> None:
-    """Stop ids, last-token logits, then 20 greedy tokens (the reference's without its stop id)."""
+    """Stop ids, last-token logits, then 20 greedy tokens (the reference's without its stop
+    id), for each of our attention setups."""
     assert reference_stop_ids(ref_model) == engine.stop_ids
 
     with torch.no_grad():
         ref_logits = ref_model(**ref).logits[0, -1]
-    ours_logits = engine.logits(prepared)
-    assert (ours_logits - ref_logits).abs().max().item() <= LOGITS_TOL
-
-    with torch.no_grad():
         ref_out = ref_model.generate(**ref, max_new_tokens=NEW_TOKENS, do_sample=False)
     ref_tokens = [t for t in ref_out[0, ref["input_ids"].shape[1]:].tolist() if t not in engine.stop_ids]
-    ours_tokens = list(engine.generate(prepared, Sampling(max_new_tokens=NEW_TOKENS)))
     assert len(ref_tokens) >= 5, "the reference stopped at once: the check would be vacuous"
     assert len(set(ref_tokens)) >= min_distinct, "one repeated token: the decode check would be weak"
-    assert ours_tokens == ref_tokens
+
+    backend, chunk = engine.attention, engine.model.text.prefill_chunk
+    try:
+        for setup in attention_setups(engine.device, engine.dtype):
+            engine.set_attention(setup[0])
+            engine.set_prefill_chunk(setup[1])
+            ours_logits = engine.logits(prepared)
+            assert (ours_logits - ref_logits).abs().max().item() <= LOGITS_TOL, setup
+            ours_tokens = list(engine.generate(prepared, Sampling(max_new_tokens=NEW_TOKENS)))
+            assert ours_tokens == ref_tokens, setup
+    finally:
+        engine.set_attention(backend)
+        engine.set_prefill_chunk(chunk)

@@ -11,12 +11,45 @@ position i sees keys i-window+1 … i, i.e. exactly ``window`` keys; key i-windo
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("sdpa", "eager")
+from ..errors import ModelError
+
+BACKENDS = ("sdpa", "eager", "flash")
+CHOICES = ("auto", *BACKENDS)
+
+
+def flash_available(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when FlashAttention-2 can run here, else why not (one phrase)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash-attn is not installed (pip install 'llava-cli[flash]')"
+    if device.type != "cuda":
+        return f"FlashAttention-2 needs a CUDA GPU, and this runs on {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"FlashAttention-2 computes in float16 or bfloat16, not {str(dtype).removeprefix('torch.')}"
+    major, _ = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return "FlashAttention-2 needs an Ampere or newer GPU (compute capability 8.0+)"
+    return None
+
+
+def resolve_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    """--attn → the backend to use. ``auto``: FlashAttention-2 where it can run, else SDPA
+    (which itself picks flash / memory-efficient / math kernels per call)."""
+    name = name or "auto"
+    if name not in CHOICES:
+        raise ModelError(f"unknown attention backend '{name}' (use {', '.join(CHOICES)})")
+    if name == "auto":
+        return "flash" if flash_available(device, dtype) is None else "sdpa"
+    if name == "flash":
+        why = flash_available(device, dtype)
+        if why is not None:
+            raise ModelError(f"--attn flash: {why}; use --attn sdpa")
+    return name
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, start: int = 0,
@@ -46,6 +79,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, start: int = 0,
                 mask &= cols > rows - window
     if backend == "eager":
         return _eager(q, k, v, mask, is_causal)
+    if backend == "flash" and (mask is None or q_len == kv_len or start + q_len == kv_len):
+        return _flash(q, k, v, causal=causal and q_len > 1, window=window)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 
@@ -63,3 +98,25 @@ def _eager(q, k, v, mask, is_causal):
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     return weights @ v
+
+
+def _flash(q, k, v, *, causal: bool, window: int | None):
+    """FlashAttention-2 (GQA native). Its causal mask aligns the queries with the last keys,
+    which is where they sit here (the cache up to and including the queries)."""
+    from flash_attn import flash_attn_func
+
+    # (B, H, L, D) → (B, L, H, D), the layout flash-attn takes.
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal,
+                          window_size=(window - 1, 0) if window is not None else (-1, -1))
+    return out.transpose(1, 2)
+
+
+def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
+                  backend: str = "sdpa") -> torch.Tensor:
+    """Decode-step attention over a whole static cache: q (B, H, 1, D), k/v (B, Hkv, C, D),
+    ``mask`` (C,) bool of the slots the query sees. FlashAttention's kernel wants the cache
+    in its own layout, so a flash model decodes through SDPA here (same maths)."""
+    mask = mask.view(1, 1, 1, -1)
+    if backend == "eager":
+        return _eager(q, k, v, mask, False)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .attention import attend
+from .attention import attend, attend_masked
 
 # Values that apply when a hub config leaves a key out (the hub files store only the
 # keys that differ from their class defaults).
@@ -200,6 +200,21 @@ class Attention(nn.Module):
         out = attend(q, k, v, start=start, backend=backend, window=self.window)  # (B, heads, seq, dim)
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
 
+    def step(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position: torch.Tensor,
+             mask: torch.Tensor, backend: str) -> torch.Tensor:
+        """One decode token with static shapes: x (B, 1, hidden) at ``position`` (1,) long.
+        The new key/value go into the cache in place; the query attends over the whole
+        buffer, ``mask`` (capacity,) bool saying which slots it may see."""
+        batch = x.shape[0]
+        q = self.q(x).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        self.k_cache.index_copy_(2, position, k)
+        self.v_cache.index_copy_(2, position, v)
+        out = attend_masked(q, self.k_cache, self.v_cache, mask, backend=backend)
+        return self.o(out.transpose(1, 2).reshape(batch, 1, -1))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
@@ -225,6 +240,10 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin, start, backend)
         return x + self.mlp(self.mlp_norm(x))
 
+    def step(self, x, cos, sin, position, masks: dict, backend: str) -> torch.Tensor:
+        x = x + self.attn.step(self.attn_norm(x), cos, sin, position, masks[self.attn.window], backend)
+        return x + self.mlp(self.mlp_norm(x))
+
 
 class TextModel(nn.Module):
     """Embeddings → blocks → norm → LM head."""
@@ -242,6 +261,10 @@ class TextModel(nn.Module):
         self.rotary = Rotary(cfg)
         self.attn_backend = "sdpa"
         self.cache_capacity = 0
+        self.slots: torch.Tensor | None = None  # (capacity,) 0…capacity-1, for decode masks
+        self.prefill_chunk = 0  # prompt positions per forward pass while prefilling; 0: all
+        self._decode = self.step  # torch.compile(self.step) after compile_decode()
+        self.windows = sorted({b.attn.window for b in self.layers if b.attn.window is not None})
 
     def setup_cache(self, capacity: int, batch: int = 1) -> None:
         """Allocate (or reuse) a KV buffer that holds ``capacity`` positions."""
@@ -254,6 +277,7 @@ class TextModel(nn.Module):
             block.attn.k_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
             block.attn.v_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         self.cache_capacity = capacity
+        self.slots = torch.arange(capacity, device=ref.device)
 
     def grow_cache(self, capacity: int) -> None:
         """Make the KV buffer hold at least ``capacity`` positions, KEEPING what it holds.
@@ -281,17 +305,21 @@ class TextModel(nn.Module):
         for block, (new_k, new_v) in zip(self.layers, grown):
             block.attn.k_cache, block.attn.v_cache = new_k, new_v
         self.cache_capacity = capacity
+        self.slots = torch.arange(capacity, device=first.device)
 
     def drop_cache(self) -> None:
         for block in self.layers:
             block.attn.k_cache = block.attn.v_cache = None
         self.cache_capacity = 0
+        self.slots = None
 
-    def forward(self, embeds: torch.Tensor, start: int = 0, last_only: bool = True) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, start: int = 0, last_only: bool = True,
+                head: bool = True) -> torch.Tensor | None:
         """embeds (batch, seq, hidden) at positions start…start+seq-1 → logits.
 
         With ``last_only`` only the final position goes through the LM head: the only
         logits generation needs, and the head is the largest matrix in small models.
+        ``head=False`` only fills the KV cache (a prefill chunk before the last): None.
         """
         seq = embeds.shape[1]
         if self.cache_capacity and start + seq > self.cache_capacity:
@@ -301,6 +329,47 @@ class TextModel(nn.Module):
         x = embeds
         for block in self.layers:
             x = block(x, cos, sin, start, self.attn_backend)
+        if not head:
+            return None
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x))
+
+    def prefill(self, embeds: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The prompt into the KV cache, ``prefill_chunk`` positions per pass, so a long
+        video prompt's activations (MLP, attention scores) stay bounded by the chunk, not
+        the prompt: logits of the last position (batch, 1, vocab)."""
+        seq, chunk = embeds.shape[1], self.prefill_chunk
+        if not chunk or seq <= chunk or not self.cache_capacity:
+            return self(embeds, start=start)
+        last = (seq - 1) // chunk * chunk
+        for offset in range(0, last, chunk):
+            self(embeds[:, offset:offset + chunk], start=start + offset, head=False)
+        return self(embeds[:, last:], start=start + last)
+
+    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """One decode step with static shapes, the part ``torch.compile`` captures:
+        token (batch, 1) long at ``position`` (1,) long → logits (batch, vocab).
+
+        Shapes depend only on the cache's capacity, and the position is a tensor, so
+        the same graph (CUDA graph on GPU) serves every token."""
+        x = self.embed(token)
+        cos, sin = self.rotary(position, x.dtype)
+        visible = self.slots <= position  # (capacity,)
+        masks = {None: visible}
+        for window in self.windows:
+            masks[window] = visible & (self.slots > position - window)
+        for block in self.layers:
+            x = block.step(x, cos, sin, position, masks, self.attn_backend)
+        return self.lm_head(self.norm(x))[:, -1]
+
+    def decode(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """``step``, compiled when ``compile_decode`` was called."""
+        return self._decode(token, position)
+
+    def compile_decode(self) -> None:
+        """Capture the decode step with torch.compile: CUDA graphs on GPU
+        ("reduce-overhead"), fused kernels elsewhere. Compiles at the first token."""
+        device = self.embed.weight.device
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        self._decode = torch.compile(self.step, mode=mode, fullgraph=True, dynamic=False)
