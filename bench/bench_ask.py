@@ -17,7 +17,8 @@ decode speed as a share of the HBM-bandwidth limit (weight bytes / bandwidth per
 Variants of ours: plain (SDPA or FlashAttention-2 by --attn auto), compile (the decode step
 under torch.compile), 4bit / 8bit (bitsandbytes). The reference runs plain `generate`
 (its default SDPA attention, no compile) and, for 4bit/8bit, its bitsandbytes load.
-Needs the test extra (transformers), and bitsandbytes for 4bit/8bit.
+Needs the test extra (transformers), and bitsandbytes for 4bit/8bit. LLAVA_BENCH_PREFILL_CHUNK
+sets our prefill chunk (default 1024; 0 = the whole prompt in one pass).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def run_ours(folder: str, clip: str, frames: int, new_tokens: int, *, device: st
 
     started = time.perf_counter()
     engine = Engine.load(folder, device=device, dtype=dtype, compile=variant == "compile",
-                         quantize=variant if variant in ("4bit", "8bit") else None)
+                         quantize=variant if variant in ("4bit", "8bit") else None,
+                         prefill_chunk=int(os.environ.get("LLAVA_BENCH_PREFILL_CHUNK", "1024")))
     _sync(device)
     load_s = time.perf_counter() - started
     rss_load = peak_rss_mb()
