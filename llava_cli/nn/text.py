@@ -182,8 +182,10 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.v = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
-        self.k_cache: torch.Tensor | None = None  # (batch, kv_heads, capacity, head_dim)
-        self.v_cache: torch.Tensor | None = None
+        # (batch, kv_heads, capacity, head_dim). Buffers, not plain attributes: torch.compile
+        # then treats them as the model's static state, which CUDA graphs may update in place.
+        self.register_buffer("k_cache", None, persistent=False)
+        self.register_buffer("v_cache", None, persistent=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
                 backend: str) -> torch.Tensor:
@@ -261,7 +263,7 @@ class TextModel(nn.Module):
         self.rotary = Rotary(cfg)
         self.attn_backend = "sdpa"
         self.cache_capacity = 0
-        self.slots: torch.Tensor | None = None  # (capacity,) 0…capacity-1, for decode masks
+        self.register_buffer("slots", None, persistent=False)  # (capacity,) 0…capacity-1, for decode masks
         self.prefill_chunk = 0  # prompt positions per forward pass while prefilling; 0: all
         self._decode = self.step  # torch.compile(self.step) after compile_decode()
         self.windows = sorted({b.attn.window for b in self.layers if b.attn.window is not None})
