@@ -26,8 +26,9 @@ from .nn.quant import Quantizer
 # Prompt positions per prefill pass: bounds the activations of a long video prompt
 # (a 32-frame NeXT-Video prompt is ~4,700 positions) at little cost in speed.
 DEFAULT_PREFILL_CHUNK = 1024
-# KV cache capacities are rounded up to this, so prompts of similar length share one
-# buffer (and one compiled decode graph) instead of reallocating per prompt.
+# With a compiled decode step, KV cache capacities are rounded up to this, so prompts of
+# similar length share one buffer and one compiled graph instead of recompiling per prompt.
+# Uncompiled, the cache is exactly as long as needed: every position costs memory.
 CACHE_GRANULE = 256
 from .media import Media
 from .prompt import (BUILTIN_TEMPLATES, build_messages, builtin_template_for, compile_chat_template,
@@ -291,8 +292,11 @@ class Engine:
         text = self.model.text
         embeds = self.embed(prepared)
         self._use_rope(prepared)
-        text.setup_cache(cache_capacity(embeds.shape[1] + 1, prepared.context))
+        text.setup_cache(self._capacity(embeds.shape[1] + 1, prepared.context))
         return text.prefill(embeds)[0, -1].float()
+
+    def _capacity(self, needed: int, context: int) -> int:
+        return cache_capacity(needed, context) if self.model.text.compiled else needed
 
     def sampling(self, **overrides) -> Sampling:
         return Sampling.resolve(self.checkpoint.generation, **overrides)
@@ -303,7 +307,7 @@ class Engine:
         text = self.model.text
         self._use_rope(prepared)
         capacity = min(embeds.shape[1] + sampling.max_new_tokens, prepared.context)
-        text.setup_cache(cache_capacity(capacity, prepared.context))
+        text.setup_cache(self._capacity(capacity, prepared.context))
         self.timings.prompt_tokens = embeds.shape[1]
         yield from self._timed(decode_loop(text, embeds, sampling, self.stop_ids, max_positions=capacity),
                                sampling, limit=capacity - embeds.shape[1])

@@ -60,7 +60,8 @@ def test_compiled_decode_gives_identical_greedy_tokens(swa_model, tmp_path):
     photo = make_image(tmp_path / "photo.png", size=(640, 480))
     plain = Engine.load(swa_model, device="cpu", dtype="float32")
     compiled = Engine.load(swa_model, device="cpu", dtype="float32", compile=True)
-    assert compiled.model.text._decode is not compiled.model.text.step  # really compiled
+    assert compiled.model.text.compiled and not plain.model.text.compiled
+    assert hasattr(compiled.model.text._decode, "_torchdynamo_orig_callable")  # really torch.compile'd
     greedy = Sampling(max_new_tokens=24)
     for media in ([load_media(photo)], []):
         prepared = plain.prepare(media, "What is in the picture?")

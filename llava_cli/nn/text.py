@@ -266,6 +266,7 @@ class TextModel(nn.Module):
         self.register_buffer("slots", None, persistent=False)  # (capacity,) 0…capacity-1, for decode masks
         self.prefill_chunk = 0  # prompt positions per forward pass while prefilling; 0: all
         self._decode = self.step  # torch.compile(self.step) after compile_decode()
+        self.compiled = False
         self.windows = sorted({b.attn.window for b in self.layers if b.attn.window is not None})
 
     def setup_cache(self, capacity: int, batch: int = 1) -> None:
@@ -375,3 +376,4 @@ class TextModel(nn.Module):
         device = self.embed.weight.device
         mode = "reduce-overhead" if device.type == "cuda" else "default"
         self._decode = torch.compile(self.step, mode=mode, fullgraph=True, dynamic=False)
+        self.compiled = True

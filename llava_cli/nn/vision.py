@@ -123,13 +123,24 @@ class VisionTower(nn.Module):
         self.pre_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if clip else None
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.layers_needed(feature_layer)))
         self.attn_backend = "sdpa"
+        self.views_per_pass = 4
 
     @property
     def num_tokens(self) -> int:
         return self.pos_embed.num_embeddings
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(views, 3, S, S) → (views, tokens, hidden); tokens include CLS for CLIP."""
+        """(views, 3, S, S) → (views, tokens, hidden); tokens include CLS for CLIP.
+
+        Views (tiles, frames) are independent: they go through in groups of
+        ``views_per_pass``, so a 32-frame video's activations are those of 4 frames (a
+        few tens of MB at CLIP-L width instead of hundreds), at no cost on a GPU that 4
+        views of 577 tokens already fill."""
+        if pixels.shape[0] <= self.views_per_pass:
+            return self._forward(pixels)
+        return torch.cat([self._forward(group) for group in pixels.split(self.views_per_pass)])
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         weight = self.patch_embed.weight
         x = self.patch_embed(pixels.to(weight.dtype)).flatten(2).transpose(1, 2)  # raster order
         if self.class_embed is not None:
