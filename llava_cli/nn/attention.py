@@ -119,4 +119,10 @@ def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     mask = mask.view(1, 1, 1, -1)
     if backend == "eager":
         return _eager(q, k, v, mask, False)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    batch, heads, _, dim = q.shape
+    groups = heads // k.shape[1]
+    # Grouped-query decode: the query heads that share a key/value head become that head's
+    # `groups` queries, so each cached key and value is read once per step, not once per
+    # query head. Decoding long prompts is bound by exactly these reads.
+    out = F.scaled_dot_product_attention(q.view(batch, k.shape[1], groups, dim), k, v, attn_mask=mask)
+    return out.view(batch, heads, 1, dim)
