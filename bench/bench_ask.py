@@ -231,6 +231,17 @@ def child(args) -> None:
                         variant=args.variant)))
 
 
+def _median(results: list[dict]) -> dict:
+    """Each numeric field's median over repeated runs (the other fields from the first)."""
+    import statistics
+
+    merged = dict(results[0])
+    for key, value in merged.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in results)
+    return merged
+
+
 def bandwidth_gbs(device: str) -> float | None:
     """The GPU's HBM bandwidth (GB/s) from its name, or LLAVA_BENCH_BANDWIDTH_GBS."""
     if os.environ.get("LLAVA_BENCH_BANDWIDTH_GBS"):
@@ -250,6 +261,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each configuration this many times (fresh processes) and print medians")
     parser.add_argument("--variants", default="plain,compile",
                         help="comma-separated: plain, compile, 4bit, 8bit (the reference runs plain, 4bit, 8bit)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llava-bench"))
@@ -276,17 +289,22 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", impl, "--folder", str(folder), "--clip", str(clip),
                        "--frames", frames, "--tokens", str(args.tokens), "--device", args.device,
                        "--dtype", args.dtype, "--variant", variant]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    tail = out.stderr.strip().splitlines()[-1:] or ["?"]
-                    print(f"# {impl} {variant} failed on {size}: {tail[0]}", file=sys.stderr)
-                    continue
-                rows.append((size, frames, impl, variant, json.loads(out.stdout.strip().splitlines()[-1])))
+                results = []
+                for _ in range(args.repeat):
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode != 0:
+                        tail = out.stderr.strip().splitlines()[-1:] or ["?"]
+                        print(f"# {impl} {variant} failed on {size}: {tail[0]}", file=sys.stderr)
+                        break
+                    results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                if results:
+                    rows.append((size, frames, impl, variant, _median(results)))
 
     bandwidth = bandwidth_gbs(args.device)
     header = ("model", "frames", "impl", "variant", "attn", "load s", "TTFT s", "decode tok/s", "RSS after load MB",
               "peak RSS MB", "peak GPU MB", "weights MB", "% of HBM limit")
-    print(f"device: {args.device}, CPU threads: {os.cpu_count()}, new tokens: {args.tokens}, {args.dtype}"
+    print(f"device: {args.device}, CPU threads: {os.cpu_count()}, new tokens: {args.tokens}, {args.dtype}, "
+          f"median of {args.repeat} run(s)"
           + (f", HBM {bandwidth:.0f} GB/s" if bandwidth else ""))
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
