@@ -197,6 +197,14 @@ def _run(*, model, offline, frames, fps, max_frames, start, end, decoder, long_v
     return _Run(notices, settings, settings.values["model"], offline, start_s, end_s, seed, long_video)
 
 
+def _run_from(options: dict[str, Any]) -> _Run:
+    """``_run`` on a command's ``locals()``: the shared options are declared once, in
+    ``_run``'s signature, and each command passes whatever of them it has."""
+    import inspect
+
+    return _run(**{name: options[name] for name in inspect.signature(_run).parameters})
+
+
 def _read_stdin_question() -> str:
     text = sys.stdin.read()
     if not text.strip():
@@ -245,11 +253,7 @@ def ask(
         question = _read_stdin_question()
     if not question.strip():
         raise UsageError("the question is empty")
-    run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
-               decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
-               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, attn=attn, quantize=quantize,
-               compile=compile, prefill_chunk=prefill_chunk, system=system, quiet=quiet,
-               verbose=verbose)
+    run = _run_from(locals())
     notices = run.notices
     run.open(has_video=bool(media_paths))
     started = time.perf_counter()
@@ -350,11 +354,7 @@ def chat(
     from .session import ChatSession, MediaCache
 
     media_paths = media_paths or []
-    run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
-               decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
-               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, attn=attn, quantize=quantize,
-               compile=compile, prefill_chunk=prefill_chunk, system=system, quiet=quiet,
-               verbose=verbose)
+    run = _run_from(locals())
     notices = run.notices
     run.open()
     cache = MediaCache(None)
@@ -458,11 +458,7 @@ def batch(
     questions = list(dict.fromkeys(questions))
     if output == "-":
         output = None
-    run = _run(model=model, offline=offline, frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
-               decoder=decoder, long_video=long_video, max_new_tokens=max_new_tokens, temperature=temperature,
-               top_p=top_p, top_k=top_k, seed=seed, device=device, dtype=dtype, attn=attn, quantize=quantize,
-               compile=compile, prefill_chunk=prefill_chunk, system=system, quiet=quiet,
-               verbose=verbose)
+    run = _run_from(locals())
     notices = run.notices
     options = batch_mod.BatchOptions(questions=questions, output=output, resume=resume, overwrite=overwrite,
                                      model_name="", system=run.settings.system, long_video=long_video)
