@@ -19,6 +19,8 @@ ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
                "BOOL": 1}
 ST_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+# Codes the safetensors format defines that llava-cli does not load (FP8 and friends).
+ST_UNSUPPORTED = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64", "U16", "U32", "U64"}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -48,6 +50,8 @@ class Checkpoint:
     generation: dict = field(default_factory=dict)
     preprocessor: dict = field(default_factory=dict)
     processor: dict = field(default_factory=dict)
+    # Parsed shard headers, by path: each header is read once per run (verify, then load).
+    headers: dict[Path, list["TensorEntry"]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, folder: str | Path) -> "Checkpoint":
@@ -92,7 +96,7 @@ class Checkpoint:
         is in that shard. Headers only: no tensor data is read.
         """
         shards = self.shard_files()
-        held = {shard.name: {entry.name for entry in read_safetensors_header(shard)} for shard in shards}
+        held = {shard.name: {entry.name for entry in self.header(shard)} for shard in shards}
         index_path = self.folder / "model.safetensors.index.json"
         if index_path.is_file():
             weight_map = read_json(index_path, "weight index").get("weight_map") or {}
@@ -101,6 +105,12 @@ class Checkpoint:
                     raise IntegrityError(f"{self.folder / shard} lacks tensor {tensor} that {index_path.name} "
                                          f"places there (corrupt or mismatched shard)", path=self.folder / shard)
         return shards
+
+    def header(self, shard: Path) -> list["TensorEntry"]:
+        """The shard's parsed header, parsed on first use only."""
+        if shard not in self.headers:
+            self.headers[shard] = read_safetensors_header(shard)
+        return self.headers[shard]
 
 
 @dataclass(frozen=True)
@@ -141,8 +151,13 @@ def read_safetensors_header(path: Path) -> list[TensorEntry]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if isinstance(dtype, str) and dtype not in ST_ITEMSIZE:
+            supported = ", ".join(ST_ITEMSIZE)
+            known = dtype in ST_UNSUPPORTED
+            raise ModelError(f"{path}: tensor {name} has {'unsupported' if known else 'unknown'} dtype {dtype} "
+                             f"(llava-cli loads {supported})")
         try:
-            dtype = info["dtype"]
             itemsize = ST_ITEMSIZE[dtype]
             shape = tuple(int(s) for s in info["shape"])
             begin, end = (int(o) for o in info["data_offsets"])

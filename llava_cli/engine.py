@@ -138,7 +138,8 @@ class Engine:
         shards = checkpoint.shard_files()
         with torch.device("meta"):
             model = family.build()
-        load_weights(model, shards, device=torch_device, dtype=torch_dtype, quantizer=quantizer)
+        load_weights(model, shards, device=torch_device, dtype=torch_dtype, quantizer=quantizer,
+                     headers=checkpoint.headers)
         model.text.rotary.reset(torch_device)
         model.eval()
         engine = cls(checkpoint, family, model, tokenizer, template, torch_device, torch_dtype)

@@ -1,12 +1,16 @@
 """Safetensors shards → weights in our modules; devices and dtypes.
 
 Weights are read from safetensors files only; checkpoint.py parses and checks the headers.
-Each tensor's bytes are read with ``readinto`` straight into the buffer of the tensor that
-the module will own: no memory map counted twice, no second full copy.
+Each shard is memory-mapped (copy-on-write, so nothing can reach the file): a tensor that
+already has the dtype and device the model computes in is the mapped bytes themselves,
+paged in from the page cache when first used, as the reference's lazy loading does. Only a
+tensor that must change dtype or device is converted, one at a time, and its mapped pages
+are handed back to the kernel at once.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import IntegrityError, ModelError
+from .errors import ModelError
 
 # Checkpoint folders and safetensors headers need no torch (`llava models pull` verifies a
 # download without importing it); they live in checkpoint.py and are re-exported here.
@@ -28,23 +32,52 @@ _ST_DTYPES = {
 }
 
 
-def iter_tensors(path: Path, wanted: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) in file order, each read into a fresh CPU buffer."""
-    entries = sorted(read_safetensors_header(path), key=lambda e: e.begin)
-    with path.open("rb", buffering=0) as handle:
-        for entry in entries:
+class MappedShard:
+    """One safetensors file mapped into memory; its tensors are views of the mapping.
+
+    The mapping is private (copy-on-write): writing to a tensor never changes the file.
+    It stays alive as long as any tensor viewing it does.
+    """
+
+    def __init__(self, path: Path, entries: list[TensorEntry] | None = None) -> None:
+        self.path = path
+        self.entries = sorted(read_safetensors_header(path) if entries is None else entries,
+                              key=lambda e: e.begin)
+        try:
+            with path.open("rb") as handle:
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
+
+    def tensors(self, wanted: set[str] | None = None) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+        """(entry, tensor) in file order. A tensor whose offset does not suit its dtype's
+        alignment (possible in hand-written files) is copied; every other one is a view."""
+        for entry in self.entries:
             if wanted is not None and entry.name not in wanted:
                 continue
-            buffer = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
-            handle.seek(entry.begin)
-            view = memoryview(buffer.numpy())
-            read = 0
-            while read < len(view):
-                n = handle.readinto(view[read:])
-                if not n:
-                    raise IntegrityError(f"{path} is truncated while reading {entry.name}", path=path)
-                read += n
-            yield entry.name, buffer.view(_ST_DTYPES[entry.dtype]).reshape(entry.shape)
+            raw = self._bytes[entry.begin:entry.end]
+            dtype = _ST_DTYPES[entry.dtype]
+            if entry.begin % dtype.itemsize:
+                raw = raw.clone()
+                self.release(entry)
+            yield entry, raw.view(dtype).reshape(entry.shape)
+
+    def release(self, entry: TensorEntry) -> None:
+        """Give back the pages of a tensor that was copied elsewhere (converted, moved to
+        a GPU, quantized), so the process does not keep both. Only the pages wholly inside
+        the tensor are dropped: a page shared with a neighbour the model keeps is left as is."""
+        page = mmap.PAGESIZE
+        begin = -(-entry.begin // page) * page
+        end = entry.end // page * page
+        if end > begin and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+def iter_tensors(path: Path, wanted: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) in file order, each a view of the mapped file."""
+    for entry, tensor in MappedShard(path).tensors(wanted):
+        yield entry.name, tensor
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,14 +160,16 @@ def _vision_block_index(name: str) -> int | None:
 
 
 def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, dtype: torch.dtype,
-                 quantizer=None) -> None:
+                 quantizer=None, headers: dict[Path, list[TensorEntry]] | None = None) -> None:
     """Fill a model built on the meta device with the shards' tensors.
 
-    Each tensor is read once into CPU memory, converted to ``dtype`` and moved to
-    ``device``, then owned by the module: peak memory is the weights plus one tensor.
-    Vision blocks past the feature layer are skipped (they were never built). With a
-    ``quantizer`` (nn/quant.py) the layers it wants are replaced, as their weight
-    arrives, by quantized ones.
+    A tensor already in ``dtype`` on the CPU, loading for the CPU, becomes the parameter
+    as it is: a view of the mapped shard, no copy. Any other is converted to ``dtype`` and
+    moved to ``device`` on its own, and its mapped pages are released, so peak memory is
+    the weights plus one tensor. ``headers`` are the shards' parsed headers when the
+    caller has them (``Checkpoint.verify`` parsed them already). Vision blocks past the
+    feature layer are skipped (they were never built). With a ``quantizer`` (nn/quant.py)
+    the layers it wants are replaced, as their weight arrives, by quantized ones.
     """
     slots: dict[str, tuple[nn.Module, str, str]] = {}
     for module_name, module in model.named_modules():
@@ -142,7 +177,9 @@ def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, 
             slots[f"{module_name}.{leaf}" if module_name else leaf] = (module, leaf, module_name)
     filled: set[str] = set()
     for shard in shards:
-        for key, tensor in iter_tensors(shard):
+        mapped = MappedShard(shard, (headers or {}).get(shard))
+        for entry, tensor in mapped.tensors():
+            key = entry.name
             name = our_name(key)
             if name is None:
                 raise ModelError(f"unexpected weight '{key}' in {shard.name}: is this the right model family?")
@@ -161,10 +198,13 @@ def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, 
                     slots[f"{module_name}.bias"] = (layer, "bias", module_name)
                 filled.add(name)
                 del tensor
+                mapped.release(entry)
                 continue
             value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
             module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
             filled.add(name)
+            if value.data_ptr() != tensor.data_ptr():
+                mapped.release(entry)
             del tensor, value
     missing = [n for n in slots if n not in filled]
     tied = getattr(model, "tie_missing_weights", None)

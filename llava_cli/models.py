@@ -151,7 +151,7 @@ def local_folder(name: str) -> tuple[hub.ModelRef, Path]:
 def info(name: str) -> list[tuple[str, str]]:
     """(label, value) lines describing a model, from its configs and safetensors headers."""
     ref, folder = local_folder(name)
-    from .checkpoint import ST_NAMES, Checkpoint, read_safetensors_header
+    from .checkpoint import ST_NAMES, Checkpoint
     from .errors import IntegrityError
     from .families import family_for
 
@@ -167,7 +167,7 @@ def info(name: str) -> list[tuple[str, str]]:
     params = 0
     by_dtype: Counter = Counter()
     for shard in shards:
-        for entry in read_safetensors_header(shard):
+        for entry in checkpoint.header(shard):
             params += entry.numel
             by_dtype[ST_NAMES[entry.dtype]] += entry.end - entry.begin
     total_bytes = sum(by_dtype.values()) or 1
