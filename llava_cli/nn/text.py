@@ -145,9 +145,12 @@ class Rotary(nn.Module):
         self.head_dim = cfg.head_dim
         self.theta = cfg.rope_theta
         self.factor = cfg.rope_linear_factor
-        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+        # Computed on the CPU even while the model is built on the meta device: arithmetic
+        # on meta tensors goes through torch._refs, whose first use imports torch._dynamo
+        # (2 s at every start). ``reset`` recomputes it on the real device after loading.
+        self.register_buffer("inv_freq", self._inv_freq(torch.device("cpu")), persistent=False)
 
-    def _inv_freq(self, device=None) -> torch.Tensor:
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
         return 1.0 / (self.theta ** exponents) / self.factor
 
