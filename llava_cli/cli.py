@@ -20,7 +20,75 @@ MODEL_HELP = ("An alias such as ov-7b (see llava models list --aliases), a Hub r
               "org/name[@revision], or a model folder. [default: LLAVA_MODEL, else model in "
               "config.toml, else llava-hf/llava-onevision-qwen2-0.5b-ov-hf]")
 
+class _ReaderGone(Exception):
+    """Standard output's reader closed the pipe."""
+
+
+class _Command(typer.core.TyperCommand):
+    """Help in the classic Unix notation: ``llava ask [OPTIONS] [MEDIA]... QUESTION``, with
+    ``MEDIA...`` and ``QUESTION`` (not typer's ``{QUESTION}`` and ``<list[str]>``) in the
+    argument list, and each option's value named by its metavar."""
+
+    @staticmethod
+    def _argument_name(param) -> str:
+        name = param.metavar or param.name.upper()
+        return name + ("..." if param.nargs != 1 else "")
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or param.name.upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # Click turns EPIPE into exit status 1; a filter whose reader went away
+            # (`llava ask … | head`) exits as if by SIGPIPE, 141 (main() below).
+            raise _ReaderGone() from None
+
+    def format_options(self, ctx, formatter) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((self._argument_name(param), record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+# Commands people bring from ollama (and other tools): the llava command that does it.
+_FOREIGN_VERBS = {
+    "run": "`llava ask` (one question) or `llava chat` (a conversation)",
+    "pull": "`llava models pull`", "list": "`llava models list`", "ls": "`llava models list`",
+    "show": "`llava models info`", "info": "`llava models info`", "rm": "`llava models rm`",
+    "remove": "`llava models rm`", "help": "`llava --help`",
+}
+
+
+class _Group(typer.core.TyperGroup):
+    """Sub-commands with help as ``_Command`` gives it, and a pointer to the right
+    command for the verbs of ollama (``llava pull`` → ``llava models pull``)."""
+
+    def resolve_command(self, ctx, args):
+        if args and self.get_command(ctx, args[0]) is None and ctx.parent is None \
+                and args[0] in _FOREIGN_VERBS:
+            ctx.fail(f"no such command '{args[0]}'; did you mean {_FOREIGN_VERBS[args[0]]}?")
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="llava",
     help="Ask LLaVA-family vision-language models about videos and images, on your own machine.",
     add_completion=False,
@@ -49,44 +117,44 @@ def _root(
 # Options shared by ask, chat and batch. Their defaults are None: a value not given here
 # comes from LLAVA_* and config.toml (see config.py), else the command's own default.
 
-_MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
+_MODEL = typer.Option(None, "--model", "-m", metavar="MODEL", help=MODEL_HELP, show_default=False)
 _OFFLINE = typer.Option(False, "--offline", help="Use only the local cache; never touch the network.")
-_FRAMES = typer.Option(None, "--frames", "-f", min=1, show_default=False,
+_FRAMES = typer.Option(None, "--frames", "-f", metavar="N", min=1, show_default=False,
                        help="Frames sampled uniformly from each video. [default: the family's, 8 for most]")
-_FPS = typer.Option(None, "--fps", show_default=False,
+_FPS = typer.Option(None, "--fps", metavar="FPS", show_default=False,
                     help="Sample videos at this many frames per second instead of a fixed count.")
-_MAX_FRAMES = typer.Option(None, "--max-frames", min=1, show_default=False,
+_MAX_FRAMES = typer.Option(None, "--max-frames", metavar="N", min=1, show_default=False,
                            help="At most this many frames per video (with --fps, the rate is lowered to fit).")
-_START = typer.Option(None, "--start", show_default=False,
+_START = typer.Option(None, "--start", metavar="TIME", show_default=False,
                       help="Sample videos from this time on: seconds (90, 90.5) or [HH:]MM:SS[.ms].")
-_END = typer.Option(None, "--end", show_default=False,
+_END = typer.Option(None, "--end", metavar="TIME", show_default=False,
                     help="Sample videos up to this time (exclusive), same forms as --start.")
-_DECODER = typer.Option(None, "--decoder", show_default=False,
+_DECODER = typer.Option(None, "--decoder", metavar="NAME", show_default=False,
                         help="Video decoder: pyav or decord (falls back to pyav). [default: pyav]")
 _LONG_VIDEO = typer.Option(False, "--long-video", help="If the prompt exceeds the context, stretch RoPE to fit it.")
-_MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", "-n", show_default=False,
+_MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", "-n", metavar="N", show_default=False,
                                help="Stop after this many answer tokens. [default: the checkpoint's, else 512]")
-_TEMPERATURE = typer.Option(None, "--temperature", "-t", show_default=False,
+_TEMPERATURE = typer.Option(None, "--temperature", "-t", metavar="T", show_default=False,
                             help="0 = greedy; > 0 samples. [default: the checkpoint's]")
-_TOP_P = typer.Option(None, "--top-p", show_default=False, help="Nucleus sampling threshold.")
-_TOP_K = typer.Option(None, "--top-k", show_default=False, help="Sample from the k most likely tokens.")
-_SEED = typer.Option(None, "--seed", show_default=False, help="Random seed for sampling.")
-_DEVICE = typer.Option(None, "--device", show_default=False, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
-_DTYPE = typer.Option(None, "--dtype", show_default=False,
+_TOP_P = typer.Option(None, "--top-p", metavar="P", show_default=False, help="Nucleus sampling threshold.")
+_TOP_K = typer.Option(None, "--top-k", metavar="K", show_default=False, help="Sample from the k most likely tokens.")
+_SEED = typer.Option(None, "--seed", metavar="S", show_default=False, help="Random seed for sampling.")
+_DEVICE = typer.Option(None, "--device", metavar="DEVICE", show_default=False, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
+_DTYPE = typer.Option(None, "--dtype", metavar="DTYPE", show_default=False,
                       help="auto, float32, float16 or bfloat16. [default: auto]")
-_ATTN = typer.Option(None, "--attn", show_default=False,
+_ATTN = typer.Option(None, "--attn", metavar="BACKEND", show_default=False,
                      help="Attention: auto, sdpa, flash (FlashAttention-2) or eager. [default: auto, flash where "
                           "it runs, else sdpa]")
-_QUANTIZE = typer.Option(None, "--quantize", show_default=False,
+_QUANTIZE = typer.Option(None, "--quantize", metavar="MODE", show_default=False,
                          help="Language-model weights through bitsandbytes: 4bit (NF4), 4bit-dq (NF4, double "
                               "quantization), 8bit (LLM.int8) or none. [default: none]")
 _COMPILE = typer.Option(None, "--compile/--no-compile", show_default=False,
                         help="Compile the decode step with torch.compile (CUDA graphs on GPU); the first answer "
                              "waits for it. [default: off]")
-_PREFILL_CHUNK = typer.Option(None, "--prefill-chunk", min=0, show_default=False,
+_PREFILL_CHUNK = typer.Option(None, "--prefill-chunk", metavar="N", min=0, show_default=False,
                               help="Prompt positions per prefill pass; bounds the memory of long video prompts "
                                    "(0: all at once). [default: 1024]")
-_SYSTEM = typer.Option(None, "--system", "-s", show_default=False, help="System prompt.")
+_SYSTEM = typer.Option(None, "--system", "-s", metavar="TEXT", show_default=False, help="System prompt.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="Print only the answer and errors: no progress, no warnings.")
 _VERBOSE = typer.Option(False, "--verbose", "-v",
                         help="On stderr: the frames used and their times, each media encoding, token counts "
@@ -205,6 +273,17 @@ def _run_from(options: dict[str, Any]) -> _Run:
     return _run(**{name: options[name] for name in inspect.signature(_run).parameters})
 
 
+def _check_question(question: str, *, folders: bool = False) -> None:
+    """`llava ask clip.mp4`: a media path in the question's place is a missing question,
+    not a question (for batch, a folder too)."""
+    from .media import looks_like_media
+
+    if looks_like_media(question):
+        raise UsageError(f"missing argument QUESTION: '{question}' is a media file, not a question")
+    if folders and os.path.isdir(os.path.expanduser(question)):
+        raise UsageError(f"missing argument QUESTION: '{question}' is a folder, not a question")
+
+
 def _read_stdin_question() -> str:
     text = sys.stdin.read()
     if not text.strip():
@@ -212,7 +291,7 @@ def _read_stdin_question() -> str:
     return text.strip()
 
 
-@app.command()
+@app.command(cls=_Command)
 def ask(
     media_paths: Optional[List[str]] = typer.Argument(None, metavar="MEDIA", show_default=False,
                                                       help="Image and video files, in prompt order."),
@@ -248,13 +327,18 @@ def ask(
     debug: bool = _DEBUG,
 ) -> None:
     """Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA."""
+    from .media import check_sources
+
     media_paths = media_paths or []
+    if not media_paths:
+        _check_question(question)
     if question == "-":
         question = _read_stdin_question()
     if not question.strip():
         raise UsageError("the question is empty")
     run = _run_from(locals())
     notices = run.notices
+    check_sources(media_paths)  # before the model is resolved, perhaps downloaded
     run.open(has_video=bool(media_paths))
     started = time.perf_counter()
     media = [run.load_media(path) for path in media_paths]
@@ -311,7 +395,7 @@ def _verbose_timings(notices: Notices, timings) -> None:
 # llava chat
 
 
-@app.command()
+@app.command(cls=_Command)
 def chat(
     media_paths: Optional[List[str]] = typer.Argument(None, metavar="MEDIA", show_default=False,
                                                       help="Images and videos for the first question."),
@@ -353,9 +437,12 @@ def chat(
     from .repl import ChatSettings, Repl
     from .session import ChatSession, MediaCache
 
+    from .media import check_sources
+
     media_paths = media_paths or []
     run = _run_from(locals())
     notices = run.notices
+    check_sources(media_paths)  # before the model is resolved, perhaps downloaded
     run.open()
     cache = MediaCache(None)
     entries = [cache.load(path, run.spec) for path in media_paths]
@@ -389,7 +476,7 @@ def chat(
 # llava batch
 
 
-@app.command()
+@app.command(cls=_Command)
 def batch(
     inputs: Optional[List[str]] = typer.Argument(None, metavar="INPUT", show_default=False,
                                                  help="Files, folders (searched recursively for images and "
@@ -398,10 +485,10 @@ def batch(
     question: Optional[str] = typer.Argument(None, metavar="QUESTION", show_default=False,
                                              help="The question (- reads it from standard input); with "
                                                   "--question, this is one more INPUT."),
-    questions: Optional[List[str]] = typer.Option(None, "--question", "-Q", show_default=False,
+    questions: Optional[List[str]] = typer.Option(None, "--question", "-Q", metavar="TEXT", show_default=False,
                                                   help="A question to ask about every input (repeat for more; "
                                                        "each input is encoded once for all of them)."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", show_default=False,
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE", show_default=False,
                                          help="Write the JSON lines to this file instead of standard output."),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue --output: skip the inputs it already answers, retry the failed."),
@@ -446,6 +533,7 @@ def batch(
         if question is not None:
             inputs_args.append(question)
     elif question is not None:
+        _check_question(question, folders=True)
         questions = [question]
     if not inputs_args or not questions:
         raise UsageError("give the inputs, then the question (or the question with --question)")
@@ -475,11 +563,18 @@ def batch(
         if kept or dropped:
             notices.info(f"resuming {output}: {kept} answered line{'s' if kept != 1 else ''} kept"
                          + (f", {dropped} failed or incomplete dropped (retried)" if dropped else ""))
-    run.open()
     options.model_name = run.model_name
-    if all((item.path, q) in done for item in inputs for q in questions):
+    pending = [item for item in inputs if any((item.path, q) not in done for q in questions)]
+    if not pending:
         notices.info("every input is already answered")
         return
+    if all(item.error for item in pending):
+        # Nothing that a model could answer (named files that do not exist): their error
+        # lines, without resolving or downloading the model first.
+        code = batch_mod.run(inputs, options, engine=None, spec=None, sampling=None, notices=notices, done=done,
+                             progress=not quiet)
+        raise typer.Exit(code)
+    run.open()
     engine = run.load_engine()
     code = batch_mod.run(inputs, options, engine=engine, spec=run.spec, sampling=run.sampling(), notices=notices,
                          done=done, progress=not quiet)
@@ -491,6 +586,7 @@ def batch(
 # llava config …
 
 config_app = typer.Typer(
+    cls=_Group,
     name="config",
     help="Show, locate and edit the configuration file (config.toml).",
     no_args_is_help=True,
@@ -500,7 +596,7 @@ config_app = typer.Typer(
 app.add_typer(config_app, name="config")
 
 
-@config_app.command("show")
+@config_app.command(cls=_Command, name="show")
 def config_show() -> None:
     """Print the settings in effect (file and LLAVA_* variables; flags override them) as TOML, each with where
     it comes from."""
@@ -509,7 +605,7 @@ def config_show() -> None:
     typer.echo(config.show(warn=Notices().warn))
 
 
-@config_app.command("path")
+@config_app.command(cls=_Command, name="path")
 def config_path_command() -> None:
     """Print the configuration file's path (LLAVA_CONFIG, else config.toml in the user configuration folder),
     whether or not it exists."""
@@ -518,7 +614,7 @@ def config_path_command() -> None:
     typer.echo(str(config.config_path()))
 
 
-@config_app.command("edit")
+@config_app.command(cls=_Command, name="edit")
 def config_edit() -> None:
     """Open the configuration file in $VISUAL or $EDITOR (creating it, every setting commented out, if it does
     not exist), then check what was saved."""
@@ -549,6 +645,7 @@ def config_edit() -> None:
 # llava models …
 
 models_app = typer.Typer(
+    cls=_Group,
     name="models",
     help="List, download, remove and describe models in the Hugging Face cache.",
     no_args_is_help=True,
@@ -558,7 +655,7 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
-@models_app.command("list")
+@models_app.command(cls=_Command, name="list")
 def models_list(
     aliases: bool = typer.Option(False, "--aliases", help="List the built-in aliases and their repos instead."),
 ) -> None:
@@ -577,9 +674,9 @@ def models_list(
     typer.echo(models.list_table(rows))
 
 
-@models_app.command("pull")
+@models_app.command(cls=_Command, name="pull")
 def models_pull(
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", show_default=False,
+    name: Optional[str] = typer.Argument(None, metavar="NAME", show_default=False,
                                          help="Alias or org/name[@revision]; without it, the default model."),
     force: bool = typer.Option(False, "--force", help="Download every file again, even those already cached."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -596,7 +693,7 @@ def models_pull(
     typer.echo(str(checkpoint.folder))
 
 
-@models_app.command("rm")
+@models_app.command(cls=_Command, name="rm")
 def models_rm(
     name: str = typer.Argument(..., metavar="NAME", show_default=False,
                                help="Alias or org/name; org/name@revision removes that revision only."),
@@ -609,9 +706,9 @@ def models_rm(
     typer.echo(f"deleted {what} ({format_bytes(freed)} freed)")
 
 
-@models_app.command("info")
+@models_app.command(cls=_Command, name="info")
 def models_info(
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", show_default=False,
+    name: Optional[str] = typer.Argument(None, metavar="NAME", show_default=False,
                                          help="Alias, org/name[@revision] or folder; without it, the default "
                                               "model."),
 ) -> None:
@@ -654,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort):
         notices.error("interrupted")
         code = EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except (BrokenPipeError, _ReaderGone):
         # The reader went away (`llava ask … | head`): stop quietly like other filters.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -676,10 +773,14 @@ def main(argv: list[str] | None = None) -> None:
         notices.error("out of memory: try fewer --frames, a smaller model, or --dtype float16")
         code = EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
-        if _is_usage_error(exc):
-            if type(exc).__name__ != "NoArgsIsHelpError":  # help was printed already
-                command = getattr(getattr(exc, "ctx", None), "command_path", "llava")
-                notices.error(f"{exc.format_message()} (see '{command} --help')")
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # A bare `llava`, `llava models`, `llava config`: the help, as git and ollama
+            # answer, not an error.
+            typer.echo(exc.ctx.get_help())
+            code = 0
+        elif _is_usage_error(exc):
+            command = getattr(getattr(exc, "ctx", None), "command_path", "llava")
+            notices.error(f"{exc.format_message()} (see '{command} --help')")
             code = EXIT_USAGE
         elif hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             notices.error(exc.format_message())

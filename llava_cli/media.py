@@ -380,6 +380,29 @@ def _source(path: str | Path) -> _Source:
     return _Source(source, str(file), file.suffix.lower(), remote=False)
 
 
+def check_sources(paths) -> None:
+    """Check that local media exist and can be read, before anything slow (resolving or
+    downloading the model) happens: the first bad one is a MediaError. URLs are left to
+    the loader."""
+    for path in paths:
+        if not is_url(path):
+            _check_file(path)
+
+
+def looks_like_media(text: str) -> bool:
+    """An argument that names a media file rather than asking a question: an existing
+    file, a URL, or a single word ending in an image or video extension."""
+    text = text.strip()
+    if not text or any(c.isspace() for c in text):
+        return False
+    if is_url(text) or Path(text).suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        return True
+    try:
+        return Path(text).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _check_file(path: str | Path) -> Path:
     """Reject what no decoder should be handed, before FFmpeg or Pillow sees it."""
     source = str(path)

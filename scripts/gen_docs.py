@@ -45,27 +45,6 @@ FISH_PATH = "completions/llava.fish"
 # --------------------------------------------------------------------------- hand-kept tables
 # Each key must name a live option (checked in `collect`).
 
-# Placeholder shown after an option that takes a value (else derived from its type).
-VALUE_NAMES: Dict[str, str] = {
-    "--model": "MODEL",
-    "--frames": "N",
-    "--max-new-tokens": "N",
-    "--temperature": "T",
-    "--top-p": "P",
-    "--top-k": "K",
-    "--seed": "S",
-    "--device": "DEVICE",
-    "--dtype": "DTYPE",
-    "--system": "TEXT",
-    "--fps": "FPS",
-    "--max-frames": "N",
-    "--start": "TIME",
-    "--end": "TIME",
-    "--decoder": "NAME",
-    "--question": "TEXT",
-    "--output": "FILE",
-}
-
 # How shells complete an option's value: ("choices", [...]), ("dirs",), ("files",) or
 # ("models",) (the model aliases and directories).
 # Options not listed (and without an Enum/Path type) take free text: nothing is offered.
@@ -247,9 +226,7 @@ def _annotation(param) -> object:
 
 
 def _value_name(param, long: str) -> str:
-    if long in VALUE_NAMES:
-        return VALUE_NAMES[long]
-    if getattr(param, "metavar", None):
+    if getattr(param, "metavar", None):  # every option that takes a value names it (cli.py)
         return param.metavar
     ann = _annotation(param)
     ptype = getattr(param, "type", None)
@@ -357,7 +334,7 @@ def collect() -> Tuple[Cmd, List[Cmd]]:
     root.children = [c.name for c in commands if len(c.words) == 1]
     # Every hand-kept table entry must still match the app.
     longs = {o.long for c in [root, *commands] for o in c.options}
-    for table_name, table in (("VALUE_NAMES", VALUE_NAMES), ("VALUE_COMPLETIONS", VALUE_COMPLETIONS)):
+    for table_name, table in (("VALUE_COMPLETIONS", VALUE_COMPLETIONS),):
         stale = sorted(set(table) - longs)
         if stale:
             raise SystemExit(f"gen_docs: {table_name} names options the CLI lacks: {', '.join(stale)}")
