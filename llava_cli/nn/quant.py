@@ -25,6 +25,21 @@ CHOICES = ("none", *MODES)
 
 _QUANTIZED = re.compile(r"^text\.layers\.\d+\.(?:attn\.[qkvo]|mlp\.(?:gate|up|down))$")
 
+# bitsandbytes >= 0.49 runs a CPU Linear4bit through a fused kernel on CPUs with AVX512-BF16:
+# at the layer's first forward in eval mode without grad, Linear4bit.forward repacks the NF4
+# weight (functional._convert_weight_packed_for_cpu), and that repacking takes only
+#   out_features % 32 == 0  (else "AssertionError: N must be divisible by block_n") and
+#   in_features % blocksize == 0  (blocksize 64; else a RuntimeError reshaping the scales).
+# The rule depends on the shape alone (not on dtype or sequence length). Layers that break it
+# are kept on bitsandbytes' generic path (dequantize, then matmul): the same result, slower.
+# Every real LLaVA width passes; tiny or unusual ones (e.g. 64 -> 16 k/v projections) do not.
+_CPU_PACK_BLOCK_N = 32
+
+
+def cpu_packable(in_features: int, out_features: int, blocksize: int = 64) -> bool:
+    """Whether bitsandbytes' fused AVX512-BF16 CPU kernel can take a 4-bit layer of this shape."""
+    return out_features % _CPU_PACK_BLOCK_N == 0 and in_features % blocksize == 0
+
 
 @dataclass(frozen=True)
 class Quantizer:
@@ -73,6 +88,11 @@ class Quantizer:
                                       compress_statistics=self.mode == "4bit-dq", quant_storage=torch.uint8,
                                       module=layer)
         layer.weight = param.to(self.device)  # quantizes on the way
+        if self.mode != "8bit" and self.device.type == "cpu" and \
+                not cpu_packable(linear.in_features, linear.out_features, layer.weight.blocksize):
+            # Off the fused kernel, whose repacking would fail at the first forward (above).
+            # bitsandbytes reads this flag in every forward; on older versions it is unused.
+            layer.support_avx512bf16_for_cpu = False
         if has_bias:
             layer.bias = linear.bias  # loaded already, or still meta and filled later
         parent_path, _, leaf = module_path.rpartition(".")
