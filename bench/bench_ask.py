@@ -44,6 +44,11 @@ SIZES = {
     # LLaVA-NeXT-Video-7B's shapes (Vicuna-7B, CLIP-L/336 up to layer -2): hub_configs.md.
     "next-7b": dict(hidden=4096, layers=32, heads=32, kv_heads=32, inter=11008, vision_hidden=1024,
                     vision_layers=24, vocab=32064, family="next-video"),
+    # Qwen2-0.5B's widths (OneVision-0.5B's language model, tied head, its 151,936-row
+    # vocabulary) with a SigLIP-B-sized tower, float32 on disk: 2.3 GB, a CPU-sized model.
+    "ov-mid": dict(hidden=896, layers=24, heads=14, kv_heads=2, inter=4864, vocab=151936, family="onevision",
+                   vision_hidden=768, vision_layers=12, vision_heads=12, vision_inter=3072, tied=True,
+                   save_dtype=None),
     # LLaVA-OneVision-7B's shapes (Qwen2-7B, SigLIP-so400m/384).
     "ov-7b": dict(hidden=3584, layers=28, heads=28, kv_heads=4, inter=18944, vocab=152128, family="onevision"),
 }

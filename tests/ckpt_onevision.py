@@ -158,11 +158,15 @@ def load_reference(folder: Path):
 
 
 def make_onevision_sized(folder: Path, dims: dict) -> Path:
-    """A random OneVision checkpoint with a benchmark's widths (bench/bench_ask.py SIZES),
-    untied head as in the 7B, SigLIP-so400m's vision shapes, saved in bfloat16."""
-    return make_onevision(folder, "trained", tied=False, hidden=dims["hidden"], layers=dims["layers"],
-                          heads=dims["heads"], kv_heads=dims["kv_heads"], vision_hidden=1152, vision_layers=26,
+    """A random OneVision checkpoint with a benchmark's widths (bench/bench_ask.py SIZES).
+    By default: untied head as in the 7B, SigLIP-so400m's vision shapes, saved in bfloat16;
+    ``dims`` may set vision_hidden/vision_layers/vision_heads/vision_inter, tied and
+    save_dtype (None: float32)."""
+    return make_onevision(folder, "trained", tied=dims.get("tied", False), hidden=dims["hidden"],
+                          layers=dims["layers"], heads=dims["heads"], kv_heads=dims["kv_heads"],
+                          vision_hidden=dims.get("vision_hidden", 1152), vision_layers=dims.get("vision_layers", 26),
                           init_std=0.02, text_overrides={"intermediate_size": dims["inter"],
                                                          "vocab_size": dims["vocab"]},
-                          vision_overrides={"num_attention_heads": 16, "intermediate_size": 4304},
-                          save_dtype="bfloat16")
+                          vision_overrides={"num_attention_heads": dims.get("vision_heads", 16),
+                                            "intermediate_size": dims.get("vision_inter", 4304)},
+                          save_dtype=dims.get("save_dtype", "bfloat16"))
