@@ -189,8 +189,9 @@ def test_a_run_imports_no_dynamo_unless_compiling(tiny_model, media_files, env, 
     assert "torch._dynamo" in preloaded
 
 
-def test_help_and_usage_errors_do_not_import_torch(env, tmp_path):
-    for args in (["--help"], ["ask", "--help"], ["ask"], ["config", "path"], ["models", "list", "--aliases"]):
+def test_commands_that_run_no_model_do_not_import_torch(tiny_model, env, tmp_path):
+    for args in (["--help"], ["ask", "--help"], ["ask"], ["config", "path"], ["models", "list", "--aliases"],
+                 ["models", "list"], ["models", "info", str(tiny_model)]):
         probe = tmp_path / "probe.txt"
         code = ("import atexit, sys\n"
                 f"atexit.register(lambda: open({str(probe)!r}, 'w').write(str('torch' in sys.modules)))\n"

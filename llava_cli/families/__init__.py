@@ -6,7 +6,7 @@ Adding a family is one module and one line in ``FAMILIES``.
 from __future__ import annotations
 
 from ..errors import ModelError
-from ..loading import Checkpoint
+from ..checkpoint import Checkpoint
 from .base import Family, MediaInput
 from .llava_next import LlavaNext
 from .llava_next_video import LlavaNextVideo

@@ -1,4 +1,5 @@
-"""What every family shares: the composite model module and the media-item contract.
+"""What every family shares: the rules base class and the media-item contract (the
+composite module they build is nn/model.py).
 
 A family turns decoded media (uint8 frames) into ``MediaInput``s — pixels plus the exact
 number of placeholder tokens they will occupy — and turns those pixels into embeddings
@@ -8,18 +9,18 @@ of that length. The engine splices the embeddings in at the placeholder ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
-import numpy as np
-import torch
-from torch import nn
-
+from ..checkpoint import Checkpoint
 from ..errors import ModelError
-from ..loading import Checkpoint
-from ..media import Media
-from ..nn.projector import Projector
-from ..nn.text import TextConfig, TextModel
-from ..nn.vision import VisionConfig, VisionTower
+from ..nn.config import TextConfig, VisionConfig
+
+if TYPE_CHECKING:  # torch is imported when media are prepared or a model is built
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from ..media import Media
 
 
 @dataclass
@@ -32,27 +33,6 @@ class MediaInput:
     placeholder_id: int
     size: tuple[int, int]  # original (height, width)
     extra: dict = field(default_factory=dict)
-
-
-class LlavaModel(nn.Module):
-    """Vision tower(s) + projector + optional image_newline + text decoder."""
-
-    def __init__(self, text: TextConfig, vision: VisionConfig, feature_layer: int, *,
-                 projector_act: str = "gelu", projector_bias: bool = True, image_newline: bool = False,
-                 towers: tuple[str, ...] = ("vision",)) -> None:
-        super().__init__()
-        for tower in towers:
-            setattr(self, tower, VisionTower(vision, feature_layer))
-        self.projector = Projector(vision.hidden_size, text.hidden_size, projector_act, projector_bias)
-        self.image_newline = nn.Parameter(torch.zeros(text.hidden_size)) if image_newline else None
-        self.text = TextModel(text)
-
-    def tie_missing_weights(self, missing: list[str]) -> list[str]:
-        """Tied checkpoints store no LM head: reuse the embedding matrix."""
-        if "text.lm_head.weight" in missing and self.text.cfg.tie_word_embeddings:
-            self.text.lm_head.weight = self.text.embed.weight
-            missing = [m for m in missing if m != "text.lm_head.weight"]
-        return missing
 
 
 class Family:
@@ -88,6 +68,8 @@ class Family:
     # -- model -------------------------------------------------------------------------
     def build(self) -> nn.Module:
         """The model's modules (call under ``torch.device("meta")``; the loader fills them)."""
+        from ..nn.model import LlavaModel
+
         return LlavaModel(self.text_config, self.vision_config, self.feature_layer,
                           projector_act=self.config.get("projector_hidden_act", "gelu"),
                           projector_bias=self.config.get("multimodal_projector_bias", True),

@@ -4,12 +4,13 @@ class token dropped, projector: 576 tokens per image. Images only."""
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from .. import processing as px
 from ..errors import ModelError
+from ..lazy import lazy
 from .base import Family, MediaInput
+
+torch = lazy("torch")
 
 
 class Llava(Family):

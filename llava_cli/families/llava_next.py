@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from .. import processing as px
 from ..errors import ModelError
+from ..lazy import lazy
 from .base import Family, MediaInput
+
+torch = lazy("torch")
 
 NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 

@@ -4,14 +4,15 @@ pooled 2×2 on the vision grid (576 → 144 tokens per frame at 336 px), no newl
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .. import processing as px
 from ..errors import ModelError
+from ..lazy import lazy
 from .base import MediaInput
 from .llava_next import LlavaNext
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 
 class LlavaNextVideo(LlavaNext):

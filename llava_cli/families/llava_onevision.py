@@ -25,20 +25,23 @@ difference is noted where it happens:
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .. import processing as px
+from ..checkpoint import read_optional_json
 from ..errors import ModelError
-from ..loading import read_optional_json
-from ..media import Media
-from ..nn.text import TextConfig
+from ..lazy import lazy
+from ..nn.config import TextConfig
 from .base import Family, MediaInput
 from .llava_next import LlavaNext
+
+if TYPE_CHECKING:
+    from ..media import Media
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 HUB_TILE = 384
 HUB_PATCH = 14

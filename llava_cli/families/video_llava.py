@@ -19,12 +19,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from .. import processing as px
 from ..errors import ModelError
+from ..lazy import lazy
 from .base import Family, MediaInput
+
+torch = lazy("torch")
 
 
 class VideoLlava(Family):

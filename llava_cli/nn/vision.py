@@ -7,77 +7,20 @@ Input pixels ``(views, 3, S, S)``; output the hidden states of one chosen layer,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
 from .attention import attend
+from .config import VisionConfig  # noqa: F401 - its home was here
 from .text import uninitialized_embedding
 
-_VISION_DEFAULTS = {
-    "clip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, image_size=224, patch_size=32,
-                              layer_norm_eps=1e-5, hidden_act="quick_gelu"),
-    "siglip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                num_attention_heads=12, image_size=224, patch_size=16,
-                                layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
-}
-
-_ACTIVATIONS = {
+_ACTIVATIONS = {  # one for each name config.VISION_ACTIVATIONS accepts
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
 }
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    kind: str  # "clip_vision_model" | "siglip_vision_model"
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int  # layers in the checkpoint
-    num_heads: int
-    image_size: int
-    patch_size: int
-    layer_norm_eps: float
-    hidden_act: str
-
-    @classmethod
-    def from_hf(cls, raw: dict) -> "VisionConfig":
-        kind = raw.get("model_type", "clip_vision_model")
-        if kind not in _VISION_DEFAULTS:
-            raise ModelError(f"unsupported vision tower '{kind}' (supported: clip, siglip)")
-        merged = {**_VISION_DEFAULTS[kind], **raw}
-        if merged["hidden_act"] not in _ACTIVATIONS:
-            raise ModelError(f"unsupported vision activation '{merged['hidden_act']}'")
-        return cls(kind=kind, hidden_size=int(merged["hidden_size"]),
-                   intermediate_size=int(merged["intermediate_size"]),
-                   num_layers=int(merged["num_hidden_layers"]), num_heads=int(merged["num_attention_heads"]),
-                   image_size=int(merged["image_size"]), patch_size=int(merged["patch_size"]),
-                   layer_norm_eps=float(merged["layer_norm_eps"]), hidden_act=merged["hidden_act"])
-
-    @property
-    def has_class_token(self) -> bool:
-        return self.kind == "clip_vision_model"
-
-    @property
-    def grid(self) -> int:
-        """Patches per side."""
-        return self.image_size // self.patch_size
-
-    def layers_needed(self, feature_layer: int) -> int:
-        """Blocks to run so that hidden_states[feature_layer] is the last one computed.
-
-        hidden_states[0] is the embedding output and [k] the output of block k, so
-        index -2 of 24 blocks is block 23 and the 24th block is never needed.
-        """
-        index = feature_layer if feature_layer >= 0 else self.num_layers + 1 + feature_layer
-        if not 0 <= index <= self.num_layers:
-            raise ModelError(f"vision_feature_layer {feature_layer} is outside the {self.num_layers}-layer tower")
-        return index
 
 
 class VisionAttention(nn.Module):
