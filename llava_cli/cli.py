@@ -193,7 +193,8 @@ class _Run:
         from .hub import open_checkpoint
         from .media import FrameSpec
 
-        self.checkpoint = open_checkpoint(self.reference, offline=self.offline, progress=not self.notices.quiet)
+        self.checkpoint = open_checkpoint(self.reference, offline=self.offline, progress=not self.notices.quiet,
+                                          warn=self.notices.warn)
         self.family = family_for(self.checkpoint)
         values = self.settings.values
         frames = values["frames"]
@@ -689,7 +690,9 @@ def models_pull(
     reference, _ = model_setting(name, warn=Notices().warn)
     if parse_ref(reference).is_local:
         raise UsageError(f"{reference} is a local folder: there is nothing to pull")
-    checkpoint = open_checkpoint(reference, force=force, progress=not quiet)
+    # pull brings the cache up to date: an unreachable Hub is an error here, not a
+    # fallback to the cached revision as for ask, chat and batch.
+    checkpoint = open_checkpoint(reference, force=force, progress=not quiet, fallback=False)
     typer.echo(str(checkpoint.folder))
 
 

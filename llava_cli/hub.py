@@ -21,13 +21,20 @@ When the network is used:
 * otherwise one metadata request lists the repo's files at the revision; files already
   cached are not requested again, so a cached model costs that one request and no file
   download. A branch that moved on the Hub is brought up to date, as ``pull`` would. When
-  the Hub cannot be reached the error points to ``--offline`` instead of silently
-  running whatever revision happens to be cached.
+  that request cannot reach the Hub (connection refused, DNS failure, timeout) or the Hub
+  fails (5xx), a model whose revision is cached runs at that revision, after one notice
+  naming it (``fallback``, on by default; ``--force`` turns it off); any other answer
+  (401, 403, 404, 429) stays an error.
 
-Downloads resume: huggingface_hub writes each file to ``blobs/<etag>.incomplete`` and
-resumes it with a Range request on the next run; only a complete file is moved into
-place. Before anything is built, every model (cached or local) is checked:
-``Checkpoint.verify`` parses each shard's header and checks its length and the index.
+Downloads resume. huggingface_hub before 1.18 writes each file to
+``blobs/<etag>.incomplete`` and resumes it with a Range request on the next run; 1.18 and
+later resume a dropped connection within the run, and the next run fetches again only the
+files not finished. Only a complete file is moved into place. Before anything is built,
+every model (cached or local) is checked: ``Checkpoint.verify`` parses each shard's header
+and checks its length and the index.
+
+huggingface_hub 0.24 to 2.x are supported: 1.0 moved from requests to httpx (2.x: httpx2),
+so the error mapping below matches the HTTP libraries' exceptions by class name.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import warnings
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import DownloadInterrupted, HubError, IntegrityError, ModelError, UsageError
 
@@ -189,15 +196,29 @@ def repo_storage(repo_id: str) -> Path:
 
 
 def cached_snapshot(ref: ModelRef) -> Path | None:
-    """The cached snapshot folder for the reference's revision, without the network."""
+    """The cached snapshot folder for the reference's revision, without the network.
+
+    Read from the documented cache layout (``refs/<revision>`` → ``snapshots/<commit>``),
+    as ``snapshot_download(local_files_only=True)`` finds it; not through that call, which
+    recent huggingface_hub releases (1.33, 2.x) make refuse a snapshot that lacks any file
+    of the repo (IncompleteSnapshotError), and we never fetch the files inference does not
+    need. What a snapshot must hold is checked by ``missing_essentials`` and
+    ``Checkpoint.verify``."""
     if ref.repo_id is None:
         return None
-    hf = _hf()
-    try:
-        folder = hf.snapshot_download(ref.repo_id, revision=ref.revision, local_files_only=True)
-    except (hf.utils.LocalEntryNotFoundError, OSError, ValueError):
+    storage = repo_storage(ref.repo_id)
+    commit = ref.revision if _COMMIT.match(ref.revision) else _read_ref(storage, ref.revision)
+    if not commit or not _COMMIT.match(commit):
         return None
-    return Path(folder)
+    folder = storage / "snapshots" / commit
+    return folder if folder.is_dir() else None
+
+
+def _read_ref(storage: Path, revision: str) -> str | None:
+    try:
+        return (storage / "refs" / revision).read_text().strip()
+    except (OSError, ValueError):
+        return None
 
 
 def missing_essentials(folder: Path) -> list[str]:
@@ -221,17 +242,27 @@ def missing_essentials(folder: Path) -> list[str]:
 # Resolving
 
 
-def resolve(ref: str, *, offline: bool = False, force: bool = False, progress: bool = True) -> Path:
+Warn = Callable[[str], None]
+
+
+def resolve(ref: str, *, offline: bool = False, force: bool = False, progress: bool = True,
+            fallback: bool = True, warn: Warn | None = None) -> Path:
     """The local folder for a model reference, downloading what is missing.
 
     ``offline`` (or ``HF_HUB_OFFLINE=1``) never touches the network; ``force`` downloads
     every needed file again; ``progress`` shows a progress bar on a terminal (one line
-    otherwise); ``progress=False`` prints nothing.
+    otherwise); ``progress=False`` prints nothing. With ``fallback`` (and without
+    ``force``), a cached model whose Hub cannot be reached or fails (5xx) runs at its
+    cached revision, after one line through ``warn`` (by default a notice on stderr,
+    silenced with ``progress=False``); without it, that is an error, for a caller whose
+    job is to bring the cache up to date.
     """
-    return _resolve(parse_ref(ref), offline=offline, force=force, progress=progress)
+    return _resolve(parse_ref(ref), offline=offline, force=force, progress=progress, fallback=fallback,
+                    warn=warn)
 
 
-def _resolve(ref: ModelRef, *, offline: bool, force: bool, progress: bool) -> Path:
+def _resolve(ref: ModelRef, *, offline: bool, force: bool, progress: bool, fallback: bool = True,
+             warn: Warn | None = None) -> Path:
     if ref.folder is not None:
         if not ref.folder.exists():
             raise ModelError(f"model folder not found: {ref.text}")
@@ -245,13 +276,22 @@ def _resolve(ref: ModelRef, *, offline: bool, force: bool, progress: bool) -> Pa
         snapshot = cached_snapshot(ref)
         if snapshot is not None and not missing_essentials(snapshot):
             return snapshot
-    return _fetch(ref, force=force, progress=progress)
+    if warn is None:
+        warn = _default_warn(progress)
+    return _fetch(ref, force=force, progress=progress, fallback=fallback and not force, warn=warn)
 
 
-def open_checkpoint(ref: str, *, offline: bool = False, force: bool = False, progress: bool = True):
-    """Resolve, open and verify a model; a damaged cached download names its fix."""
+def _default_warn(progress: bool) -> Warn:
+    from .render import Notices
+
+    return Notices(quiet=not progress).warn
+
+
+def open_checkpoint(ref: str, *, offline: bool = False, force: bool = False, progress: bool = True,
+                    fallback: bool = True, warn: Warn | None = None):
+    """Resolve (see ``resolve``), open and verify a model; a damaged cached download names its fix."""
     parsed = parse_ref(ref)
-    folder = _resolve(parsed, offline=offline, force=force, progress=progress)
+    folder = _resolve(parsed, offline=offline, force=force, progress=progress, fallback=fallback, warn=warn)
     from .checkpoint import Checkpoint
 
     try:
@@ -293,12 +333,16 @@ def wanted(filename: str) -> bool:
                for pattern in ALLOW_PATTERNS)
 
 
-def _fetch(ref: ModelRef, *, force: bool, progress: bool) -> Path:
+def _fetch(ref: ModelRef, *, force: bool, progress: bool, fallback: bool = False,
+           warn: Warn | None = None) -> Path:
     hf = _hf()
     try:
         info = hf.HfApi().model_info(ref.repo_id, revision=ref.revision, files_metadata=True,
                                      timeout=hf.constants.HF_HUB_ETAG_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one explained line
+        snapshot = _fallback(exc, ref, warn) if fallback else None
+        if snapshot is not None:
+            return snapshot
         raise explain(exc, ref) from None
     siblings = list(info.siblings or [])
     names = [s.rfilename for s in siblings]
@@ -321,6 +365,32 @@ def _fetch(ref: ModelRef, *, force: bool, progress: bool) -> Path:
         _write_ref(storage, ref.revision, info.sha)
     if todo:
         _download(ref, info.sha, todo, storage, force=force, progress=progress)
+    return snapshot
+
+
+def _fallback(exc: BaseException, ref: ModelRef, warn: Warn | None) -> Path | None:
+    """The cached snapshot of the revision when the Hub could not be reached or failed (5xx),
+    after one line through ``warn`` naming it; None when it is not (completely) cached, or
+    when the Hub answered something else.
+
+    Only failures that say nothing about the repo fall back: a reachable Hub's 401, 403 or
+    404 (a revoked token, a repo made private or deleted, a revision that is gone) is news
+    the user must act on, so it stays an error (``--offline`` runs the cached copy anyway).
+    A 5xx is the Hub's own outage: the user can only wait, and the cached revision is what
+    ``--offline`` would run."""
+    status = _status_of(exc)
+    if status is not None and status < 500:
+        return None
+    if status is None and not _unreachable(_chain(exc)):
+        return None
+    snapshot = cached_snapshot(ref)
+    if snapshot is None or missing_essentials(snapshot):
+        return None
+    why = (f"the Hugging Face Hub at {endpoint()} failed ({status})" if status is not None
+           else f"cannot reach the Hugging Face Hub at {endpoint()} ({_reason(exc)})")
+    revision = f" ({ref.revision})" if ref.revision != snapshot.name else ""
+    (warn or _default_warn(True))(f"{why}; using the cached revision {snapshot.name[:12]}{revision} of "
+                                  f"{ref.repo_id} (--offline skips this check)")
     return snapshot
 
 
@@ -361,8 +431,14 @@ def format_bytes(size: float) -> str:
 
 
 class _Tracker:
-    """Bytes on disk for the files being fetched, read from the cache itself: a blob,
-    or its ``.incomplete`` partner while it downloads. Public layout only, no hooks."""
+    """Bytes on disk for the files being fetched, read from the cache itself: a blob, or a
+    partial file beside it while it downloads. Public layout only, no hooks.
+
+    huggingface_hub before 1.18 writes ``blobs/<etag>.incomplete`` and resumes it on the
+    next run; 1.18 and later write ``blobs/<etag>.<8 hex>.incomplete``, a file of this
+    process's own, resume a dropped connection within the run and delete the file when they
+    give up. Such files found before the download are another process's (running, or killed
+    and never resumed): they are not counted."""
 
     def __init__(self, storage: Path, files, force: bool) -> None:
         self.files = [(s.size or 0, self._blob(storage, s)) for s in files]
@@ -370,24 +446,45 @@ class _Tracker:
         # With force, an existing blob counts as done once it has been replaced.
         self.before = {blob: _mtime(blob) for _, blob in self.files if blob is not None} if force else {}
         self.total = sum(size for size, _ in self.files)
+        self.foreign = {path for _, blob in self.files if blob is not None for path in self._own_partials(blob)}
 
     @staticmethod
     def _blob(storage: Path, sibling) -> Path | None:
         etag = sibling.lfs.sha256 if sibling.lfs is not None else sibling.blob_id
         return storage / "blobs" / etag if etag else None
 
+    @staticmethod
+    def _own_partials(blob: Path) -> list[Path]:
+        """The per-process partial files of huggingface_hub >= 1.18."""
+        return [path for path in blob.parent.glob(glob.escape(blob.name) + ".*.incomplete")
+                if re.fullmatch(r"[0-9a-f]{8}", path.name[len(blob.name) + 1:-len(".incomplete")])]
+
+    def _partials(self, blob: Path) -> list[Path]:
+        return [blob.with_name(blob.name + ".incomplete"),
+                *(path for path in self._own_partials(blob) if path not in self.foreign)]
+
     def done(self) -> int:
         total = 0
         for size, blob in self.files:
             if blob is None:
                 continue
-            partial = blob.with_name(blob.name + ".incomplete")
             complete = blob.exists() and (not self.force or _mtime(blob) != self.before.get(blob))
             if complete:
                 total += size
-            elif partial.exists():
-                total += min(_size(partial), size)
+            else:
+                total += min(max((_size(path) for path in self._partials(blob)), default=0), size)
         return total
+
+    def discard_unresumable(self) -> None:
+        """Delete this run's per-process partial files (huggingface_hub >= 1.18): no later
+        run resumes them, and a run stopped at once (Ctrl-C) would leave them behind."""
+        for _, blob in self.files:
+            if blob is None:
+                continue
+            for path in self._own_partials(blob):
+                if path not in self.foreign:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
 
 def _mtime(path: Path) -> int | None:
@@ -482,6 +579,7 @@ def _download(ref: ModelRef, commit: str, files, storage: Path, *, force: bool, 
             if bar is not None:
                 bar.update(task, completed=tracker.done())
     except KeyboardInterrupt:
+        tracker.discard_unresumable()
         kept = tracker.done()
         raise DownloadInterrupted(f"download of {ref.display} interrupted with {format_bytes(kept)} of "
                                   f"{format_bytes(tracker.total)} fetched; run the same command again "
@@ -496,7 +594,18 @@ def _download(ref: ModelRef, commit: str, files, storage: Path, *, force: bool, 
 
 
 # ---------------------------------------------------------------------------------------
-# Errors: huggingface_hub / requests exceptions → one line that says what to do
+# Errors: huggingface_hub / requests / httpx exceptions → one line that says what to do
+#
+# Matched by class name where the class belongs to the HTTP library, which huggingface_hub
+# changed: requests (0.x), httpx (1.x), httpx2 (2.x). Its own classes (HfHubHTTPError,
+# GatedRepoError, …) kept their names and their ``response.status_code``.
+
+# Failures to reach the Hub at all: requests' ConnectionError and Timeout, urllib3's, httpx's
+# ConnectError, NetworkError and TimeoutException, and the OSErrors underneath them
+# (ConnectionRefusedError is a ConnectionError; socket.gaierror is a DNS failure).
+_UNREACHABLE = ("ConnectionError", "ConnectError", "NetworkError", "Timeout", "TimeoutException", "TimeoutError",
+                "NewConnectionError", "NameResolutionError", "MaxRetryError", "gaierror", "OfflineModeIsEnabled")
+_TIMEOUTS = ("Timeout", "TimeoutException", "TimeoutError", "ReadTimeout", "ConnectTimeout")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -517,7 +626,7 @@ def _reason(exc: BaseException) -> str:
         if match:
             return match.group(1).strip().lower()
     for item in _chain(exc):
-        if _named(item, "Timeout", "TimeoutError", "ReadTimeout", "ConnectTimeout"):
+        if _named(item, *_TIMEOUTS):
             return "timed out"
     return type(exc).__name__
 
@@ -525,6 +634,21 @@ def _reason(exc: BaseException) -> str:
 def _status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The status the Hub answered with, when the failure is its HTTP answer."""
+    errors = _hf().utils
+    for item in _chain(exc):
+        if isinstance(item, errors.HfHubHTTPError) and not isinstance(item, errors.LocalEntryNotFoundError):
+            status = _status(item)
+            if status is not None:
+                return status
+    return None
+
+
+def _unreachable(chain: list[BaseException]) -> bool:
+    return any(_named(item, *_UNREACHABLE) for item in chain)
 
 
 def explain(exc: BaseException, ref: ModelRef, *, downloading: bool = False, needed: int | None = None) -> HubError:
@@ -545,7 +669,7 @@ def explain(exc: BaseException, ref: ModelRef, *, downloading: bool = False, nee
                 return HubError(f"{ref.repo_id} is gated and the account of your HF_TOKEN has no access yet (403): "
                                 f"accept its licence at {page}, then try again")
             return HubError(f"{ref.repo_id} is gated (401): accept its licence at {page} while logged in, then set "
-                            f"HF_TOKEN to an access token of that account (or run `huggingface-cli login`)")
+                            f"HF_TOKEN to an access token of that account (or run `hf auth login`)")
         if isinstance(item, errors.RevisionNotFoundError):
             return HubError(f"revision '{ref.revision}' not found in {ref.repo_id} on {where} (404)")
         if isinstance(item, errors.RepositoryNotFoundError):
@@ -574,20 +698,23 @@ def explain(exc: BaseException, ref: ModelRef, *, downloading: bool = False, nee
                             f"a cached model runs with --offline")
     broken = any(_named(item, "ChunkedEncodingError", "ProtocolError", "IncompleteRead", "ContentDecodingError")
                  or (isinstance(item, OSError) and "Consistency check failed" in str(item)) for item in chain)
-    network = any(_named(item, "ConnectionError", "Timeout", "TimeoutError", "NewConnectionError",
-                         "MaxRetryError", "OfflineModeIsEnabled") for item in chain)
+    network = _unreachable(chain)
     if downloading and (broken or network):
         return HubError(f"the download of {ref.display} broke off ({_reason(exc) if network else 'connection cut'}); "
                         f"run the same command again to resume it")
     if network:
-        cached = cached_snapshot(ref) is not None
-        if cached:
-            return HubError(f"cannot reach the Hugging Face Hub at {where} ({_reason(exc)}); {ref.display} is "
-                            f"cached: pass --offline (or set HF_HUB_OFFLINE=1) to use it; "
-                            f"`llava models list` shows the cached models")
-        return HubError(f"cannot reach the Hugging Face Hub at {where} ({_reason(exc)}) and {ref.display} is not "
-                        f"cached: check the network, or pass --offline with a cached model "
-                        f"(`llava models list` shows them)")
+        unreachable = f"cannot reach the Hugging Face Hub at {where} ({_reason(exc)})"
+        snapshot = cached_snapshot(ref)
+        if snapshot is None:
+            return HubError(f"{unreachable} and {ref.display} is not cached: check the network, or pass --offline "
+                            f"with a cached model (`llava models list` shows them)")
+        missing = missing_essentials(snapshot)
+        if missing:
+            return HubError(f"{unreachable} and {ref.display} is only partly downloaded ({missing[0]} is missing): "
+                            f"run `llava models pull {ref.text}` once the Hub can be reached")
+        # Reached only where falling back is not wanted: `llava models pull`, --force.
+        return HubError(f"{unreachable}: {ref.display} cannot be brought up to date; its cached revision "
+                        f"{snapshot.name[:12]} runs with --offline")
     if isinstance(exc, errors.LocalEntryNotFoundError):
         return HubError(f"{ref.display} is not cached ({cache_dir()}): run `llava models pull {ref.text}` while online")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

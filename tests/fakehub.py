@@ -1,11 +1,18 @@
 """A stand-in for the Hugging Face Hub on 127.0.0.1, for tests that point HF_ENDPOINT at it.
 
-It answers the requests huggingface_hub 0.36 makes (see its hf_api.py, file_download.py
-and _snapshot_download.py), with the status codes and headers the real Hub sends:
+It answers the requests huggingface_hub 0.36, 1.x and 2.x make (see their hf_api.py,
+file_download.py and _snapshot_download.py), with the status codes and headers the real
+Hub sends:
 
 * ``GET /api/models/{org}/{name}[/revision/{rev}]`` → model info: ``sha`` and ``siblings``;
   with ``?blobs=true`` (``files_metadata=True``) each sibling also has ``size``, ``blobId``
   and, for LFS files (``*.safetensors``, ``*.bin``), ``lfs: {sha256, size, pointerSize}``.
+* ``GET /api/models/{org}/{name}/tree/{rev}[/{path}][?recursive=true]`` → the files (and
+  folders) as 1.x/2.x ``snapshot_download`` lists them: ``type``, ``path``, ``oid`` (the
+  git blob id), ``size`` and, for LFS files, ``lfs: {oid (sha256), size, pointerSize}``;
+  one page (no ``Link`` header).
+* ``GET /api/agent-harnesses`` → an empty registry: recent huggingface_hub asks for it
+  once a day (cached in HF_HOME) to name a calling AI agent in its User-Agent.
 * ``HEAD``/``GET /{org}/{name}/resolve/{rev}/{path}`` → the file, with ``X-Repo-Commit``,
   ``ETag`` (the git blob id), and for LFS files ``X-Linked-Etag`` (sha256) and
   ``X-Linked-Size``; ``Range: bytes=a-[b]`` is answered with 206 and ``Content-Range``.
@@ -16,9 +23,12 @@ and _snapshot_download.py), with the status codes and headers the real Hub sends
   info stays public, as on the Hub).
 
 Every request is logged (method, path, Range and Authorization headers, status) so tests
-can assert what was and was not fetched. ``cut`` makes the next GET of a file stop after
-N bytes of its body and drop the connection: an interrupted download. ``stall`` sends N
-bytes and then hangs, for a user to interrupt.
+can assert what was and was not fetched. ``cut`` makes every GET of a file stop at byte N
+of the file and drop the connection, until it is removed: an interrupted download (a
+client that resumes with a Range request from N is cut at once). ``stall`` sends N bytes
+of the next GET and then hangs, for a user to interrupt. A repo's ``fail`` answers each
+of its requests with an error status (a Hub outage: 503), its ``hang`` never answers
+them (a Hub that times out).
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ class Repo:
     files: dict[str, bytes]
     gated_token: str | None = None  # files need "Authorization: Bearer <this>"
     declared_sizes: dict[str, int] = field(default_factory=dict)  # sizes the metadata claims instead
+    fail: tuple[int, str] | None = None  # (status, X-Error-Code) for every request about this repo
+    hang: bool = False  # requests about this repo are logged, then never answered
 
     @property
     def sha(self) -> str:
@@ -66,6 +78,14 @@ class Repo:
                                 "pointerSize": 134}
         return entry
 
+    def tree_entry(self, name: str) -> dict:
+        """The file as ``GET /api/models/{repo}/tree/{rev}`` lists it (huggingface_hub >= 1.x)."""
+        size = self.declared_sizes.get(name, len(self.files[name]))
+        entry: dict = {"type": "file", "oid": self.blob_id(name), "size": size, "path": name}
+        if self.is_lfs(name):
+            entry["lfs"] = {"oid": hashlib.sha256(self.files[name]).hexdigest(), "size": size, "pointerSize": 134}
+        return entry
+
 
 @dataclass
 class Request:
@@ -80,7 +100,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.log: list[Request] = []
-        self.cut: dict[tuple[str, str], int] = {}  # (repo, file) → bytes to send before dropping
+        self.cut: dict[tuple[str, str], int] = {}  # (repo, file) → the file's byte to drop the connection at
         self.stall: dict[tuple[str, str], int] = {}  # (repo, file) → bytes to send before hanging
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -193,11 +213,28 @@ class _Handler(BaseHTTPRequestHandler):
         request = Request("HEAD" if head else "GET", path, self.headers.get("Range"),
                           self.headers.get("Authorization"))
         self.fake._record(request)
-        parts = path.strip("/").split("/")
-        if len(parts) >= 4 and parts[0] == "api" and parts[1] == "models":
+        # Split before unquoting: a revision such as refs/pr/3 arrives as one quoted part.
+        parts = [unquote(part) for part in url.path.strip("/").split("/")]
+        query = parse_qs(url.query)
+        repo = self.fake.repos.get("/".join(parts[2:4]) if parts[:2] == ["api", "models"] else "/".join(parts[:2]))
+        if repo is not None and repo.hang:
+            self.fake.stopping.wait(60)
+            self.close_connection = True
+            return
+        if repo is not None and repo.fail:
+            status, code = repo.fail
+            self._error(status, code, f"{code or 'error'} ({status})", request, head=head)
+            return
+        if parts == ["api", "agent-harnesses"]:
+            body = json.dumps({"standardEnvVars": [], "harnesses": {}}).encode()
+            self._send(200, {"Content-Type": "application/json"}, body, request, head=head)
+        elif len(parts) >= 6 and parts[0] == "api" and parts[1] == "models" and parts[4] == "tree":
+            recursive = query.get("recursive", [""])[0].lower() in ("true", "1")
+            self._tree("/".join(parts[2:4]), parts[5], "/".join(parts[6:]), recursive, request, head)
+        elif len(parts) >= 4 and parts[0] == "api" and parts[1] == "models":
             repo_id = "/".join(parts[2:4])
             revision = parts[5] if len(parts) >= 6 and parts[4] == "revision" else "main"
-            blobs = parse_qs(url.query).get("blobs", [""])[0].lower() in ("true", "1")
+            blobs = query.get("blobs", [""])[0].lower() in ("true", "1")
             self._model_info(repo_id, revision, blobs, request, head)
         elif len(parts) >= 5 and parts[2] == "resolve":
             self._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), request, head)
@@ -229,6 +266,31 @@ class _Handler(BaseHTTPRequestHandler):
             "siblings": [repo.sibling(name, blobs) for name in sorted(repo.files)],
         }
         self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), request, head=head)
+
+    def _tree(self, repo_id: str, revision: str, folder: str, recursive: bool, request: Request,
+              head: bool) -> None:
+        """The folder's entries (all below it with ``recursive``), folders included, in one page."""
+        repo = self._repo(repo_id, revision, request, head)
+        if repo is None:
+            return
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        entries: dict[str, dict] = {}
+        for name in sorted(repo.files):
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):].split("/")
+            depth = len(rest) if recursive else 1
+            for level in range(1, min(depth, len(rest) - 1) + 1):  # the folders on the way
+                path = prefix + "/".join(rest[:level])
+                entries.setdefault(path, {"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(),
+                                          "size": 0, "path": path})
+            if len(rest) == 1 or recursive:
+                entries[name] = repo.tree_entry(name)
+        if prefix and not entries:
+            self._error(404, "EntryNotFound", f"{folder} does not exist", request, head=head)
+            return
+        body = json.dumps(list(entries.values())).encode()
+        self._send(200, {"Content-Type": "application/json"}, body, request, head=head)
 
     def _resolve(self, repo_id: str, revision: str, filename: str, request: Request, head: bool) -> None:
         repo = self._repo(repo_id, revision, request, head)
@@ -266,7 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         body = data[start:end + 1]
         headers["Content-Length"] = str(len(body))
-        cut = None if head else self.fake.cut.pop((repo_id, filename), None)
+        cut = None if head else self.fake.cut.get((repo_id, filename))
+        cut = None if cut is None else max(0, cut - start)  # body bytes to send: the file up to its byte N
         stall = None if head else self.fake.stall.pop((repo_id, filename), None)
         if stall is not None:
             # Send part of the body, then hang (a stalled network) until the hub stops.
