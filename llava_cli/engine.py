@@ -16,12 +16,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from .checkpoint import ST_ITEMSIZE
 from .errors import ModelError, PromptError
 from .families import Family, MediaInput, family_for
 from .generate import Sampling, decode_loop, eos_ids
 from .loading import Checkpoint, load_weights, resolve_device, resolve_dtype
 from .nn.attention import resolve_backend
 from .nn.quant import Quantizer
+from .validate import available_ram, gigabytes
 
 # Prompt positions per prefill pass: bounds the activations of a long video prompt
 # (a 32-frame NeXT-Video prompt is ~4,700 positions) at little cost in speed.
@@ -136,6 +138,7 @@ class Engine:
         quantizer = Quantizer.create(quantize, torch_device, torch_dtype) if quantize not in (None, "", "none") \
             else None
         shards = checkpoint.shard_files()
+        check_memory(checkpoint, shards, torch_device, torch_dtype, None if quantizer is None else quantizer.mode)
         with torch.device("meta"):
             model = family.build()
         load_weights(model, shards, device=torch_device, dtype=torch_dtype, quantizer=quantizer,
@@ -346,6 +349,69 @@ class Engine:
         tail = decoder.flush()
         if tail:
             yield tail
+
+
+def weight_bytes(checkpoint: Checkpoint, shards: Sequence[Path], dtype: torch.dtype,
+                 quantize: str | None = None) -> int:
+    """Bytes the weights take once loaded: from the shards' headers (the true element
+    counts), floating-point tensors at ``dtype``'s size, the others as stored; with
+    ``quantize`` the language model's linear weights at 4 or 8 bits."""
+    from .loading import our_name
+    from .nn.quant import _QUANTIZED
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    total = 0.0
+    for shard in shards:
+        for entry in checkpoint.header(shard):
+            size = ST_ITEMSIZE[entry.dtype]
+            per = itemsize if entry.dtype in _FLOAT_CODES else size
+            if quantize and entry.dtype in _FLOAT_CODES and entry.name.endswith(".weight"):
+                name = our_name(entry.name)
+                if name is not None and _QUANTIZED.match(name.removesuffix(".weight")):
+                    per = 0.5 if quantize.startswith("4bit") else 1
+            total += entry.numel * per
+    return int(total)
+
+
+def check_memory(checkpoint: Checkpoint, shards: Sequence[Path], device: torch.device, dtype: torch.dtype,
+                 quantize: str | None = None) -> None:
+    """Refuse, before anything is built, weights that cannot fit where they would live.
+
+    The rule: the weights' bytes at the compute dtype (``weight_bytes``) must not exceed
+    the memory free on the device: on the CPU MemAvailable (RAM plus reclaimable page
+    cache; memory-mapped float32 weights live in that page cache, so they need it just
+    the same), lowered to a cgroup limit; on CUDA ``torch.cuda.mem_get_info``. Other
+    devices, or memory that cannot be read, are not checked. Activations and the KV
+    cache come on top: passing this check is necessary, not sufficient.
+    """
+    need = weight_bytes(checkpoint, shards, dtype, quantize)
+    if device.type == "cuda":
+        try:
+            free = torch.cuda.mem_get_info(device)[0]
+        except RuntimeError:
+            return
+        where = "GPU memory"
+    elif device.type == "cpu":
+        free = available_ram()
+        where = "RAM"
+    else:
+        return
+    if free is None or need <= free:
+        return
+    name = str(dtype).removeprefix("torch.")
+    if quantize:
+        name = f"{name} with --quantize {quantize}"
+    if device.type == "cpu" and dtype == torch.float32:
+        hint = "try --dtype bfloat16 or a smaller model"
+    elif device.type == "cuda" and not quantize:
+        hint = "try --quantize 4bit, a smaller model, or --device cpu"
+    else:
+        hint = "try a smaller model"
+    raise ModelError(f"this model needs ~{gigabytes(need)} for its weights in {name} but {gigabytes(free)} "
+                     f"of {where} are available; {hint}")
+
+
+_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
 def cache_capacity(needed: int, context: int) -> int:

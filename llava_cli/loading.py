@@ -22,7 +22,7 @@ from .errors import ModelError
 
 # Checkpoint folders and safetensors headers need no torch (`llava models pull` verifies a
 # download without importing it); they live in checkpoint.py and are re-exported here.
-from .checkpoint import (Checkpoint, TensorEntry, read_json, read_optional_json,  # noqa: F401
+from .checkpoint import (ST_NAMES, Checkpoint, TensorEntry, read_json, read_optional_json,  # noqa: F401
                          read_safetensors_header)
 
 _ST_DTYPES = {
@@ -188,6 +188,9 @@ def load_weights(model: nn.Module, shards: list[Path], *, device: torch.device, 
                     continue
                 raise ModelError(f"unexpected weight '{key}' in {shard.name}: is this the right model family?")
             module, leaf, module_name = slots[name]
+            if not tensor.is_floating_point():
+                raise ModelError(f"weight '{key}' in {shard.name} has dtype {ST_NAMES[entry.dtype]}, "
+                                 f"not a floating-point type (corrupt or mismatched checkpoint)")
             expected = tuple(getattr(module, leaf).shape)
             if tuple(tensor.shape) != expected:
                 raise ModelError(f"weight '{key}' in {shard.name} has shape {tuple(tensor.shape)}, "

@@ -175,7 +175,7 @@ def info(name: str) -> list[tuple[str, str]]:
               for name, share in by_dtype.most_common()]
     config_dtype = checkpoint.config.get("torch_dtype") or (checkpoint.config.get("text_config") or {}).get("torch_dtype")
     dtype = ", ".join(dtypes) or "-"
-    if config_dtype and config_dtype not in by_dtype:
+    if isinstance(config_dtype, str) and config_dtype not in by_dtype:
         dtype += f" (config.json says {config_dtype})"
 
     lines: list[tuple[str, str]] = []

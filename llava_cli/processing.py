@@ -15,7 +15,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .validate import MAX_IMAGE_SIDE, Fields, is_int as _is_int
+
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC; the value the hub's preprocessor configs store
+RESAMPLE_CODES = (0, 1, 2, 3, 4, 5)  # NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -37,27 +40,32 @@ class PixelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, *, default_size: int, mean=CLIP_MEAN, std=CLIP_STD,
-                  pinpoints: Sequence[Sequence[int]] = ()) -> "PixelConfig":
-        size = raw.get("size") or {"shortest_edge": default_size}
-        if isinstance(size, int):
-            size = {"shortest_edge": size}
-        crop = raw.get("crop_size")
-        if isinstance(crop, int):
-            crop = {"height": crop, "width": crop}
-        do_crop = raw.get("do_center_crop", crop is not None or "shortest_edge" in size)
+                  pinpoints: Sequence[Sequence[int]] = (), source: str = "preprocessor_config.json") -> "PixelConfig":
+        """Read and check a CLIP-style preprocessor config (``source`` names it in errors)."""
+        fields = Fields(raw, source)
+        shortest, height, width = pixel_size(fields, default=None)
+        if shortest is None and height is None:
+            shortest = default_size
         crop_px = None
-        if do_crop:
-            crop_px = (crop or {"height": default_size})["height"]
-        points = raw.get("image_grid_pinpoints") or pinpoints
+        crop = fields.raw.get("crop_size")
+        if _is_int(crop):
+            crop_px = fields.int("crop_size", lo=1, hi=MAX_IMAGE_SIDE)
+        elif crop is not None:
+            crop_px = fields.object("crop_size").int("height", lo=1, hi=MAX_IMAGE_SIDE)
+        if fields.bool("do_center_crop", crop is not None or shortest is not None):
+            crop_px = crop_px or default_size
+        else:
+            crop_px = None
+        points = fields.pinpoints("image_grid_pinpoints", None) or pinpoints
         return cls(
-            shortest_edge=size.get("shortest_edge"),
-            height=size.get("height", size.get("shortest_edge", default_size)),
-            width=size.get("width", size.get("shortest_edge", default_size)),
+            shortest_edge=shortest,
+            height=height if height is not None else shortest,
+            width=width if width is not None else shortest,
             crop=crop_px,
-            mean=tuple(raw.get("image_mean") or mean),
-            std=tuple(raw.get("image_std") or std),
-            rescale=float(raw.get("rescale_factor", 1 / 255)),
-            resample=int(raw.get("resample", BICUBIC)),
+            mean=fields.channels("image_mean", mean),
+            std=fields.channels("image_std", std, positive=True),
+            rescale=fields.float("rescale_factor", 1 / 255, lo=0, hi=1e6, lo_open=True),
+            resample=resample_code(fields),
             pinpoints=tuple((int(h), int(w)) for h, w in points),
         )
 
@@ -69,6 +77,34 @@ class PixelConfig:
         if self.shortest_edge is not None:
             return self.shortest_edge
         return min(self.height, self.width)
+
+
+def pixel_size(fields: Fields, default: int | None) -> tuple[int | None, int | None, int | None]:
+    """A preprocessor's ``size``: (shortest_edge, height, width), each None when not given.
+    An integer means a shortest edge; an object gives ``shortest_edge`` or ``height`` and
+    ``width``. Absent: (default, None, None)."""
+    size = fields.raw.get("size")
+    if size is None:
+        return default, None, None
+    if _is_int(size):
+        return fields.int("size", lo=1, hi=MAX_IMAGE_SIDE), None, None
+    sub = fields.object("size")
+    shortest = sub.int("shortest_edge", None, lo=1, hi=MAX_IMAGE_SIDE)
+    height = sub.int("height", None, lo=1, hi=MAX_IMAGE_SIDE)
+    width = sub.int("width", None, lo=1, hi=MAX_IMAGE_SIDE)
+    if shortest is None and (height is None or width is None):
+        raise fields.error("size", "an integer or an object with shortest_edge, or height and width", size)
+    return shortest, height, width
+
+
+def resample_code(fields: Fields) -> int:
+    """``resample``: one of Pillow's filter codes (0 nearest … 5 hamming; 3 is bicubic)."""
+    value = fields.raw.get("resample")
+    if value is None:
+        return BICUBIC
+    if not _is_int(value) or value not in RESAMPLE_CODES:
+        raise fields.error("resample", "a Pillow resampling filter code (0 to 5; 3 is bicubic)", value)
+    return value
 
 
 def resize(image: np.ndarray, height: int, width: int, resample: int = BICUBIC) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 from ..checkpoint import Checkpoint
 from ..errors import ModelError
 from ..nn.config import TextConfig, VisionConfig
+from ..validate import MAX_LAYERS, Fields
 
 if TYPE_CHECKING:  # torch is imported when media are prepared or a model is built
     import numpy as np
@@ -51,25 +52,46 @@ class Family:
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.config = {**self.defaults, **checkpoint.config}
-        try:
-            self.text_config = TextConfig.from_hf(self.config.get("text_config") or {},
-                                                  tie_word_embeddings=self.config.get("tie_word_embeddings"))
-            self.vision_config = VisionConfig.from_hf(self._vision_raw())
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"config.json in {checkpoint.folder} is malformed ({exc.__class__.__name__}: {exc})") from None
-        self.feature_layer = int(self.config.get("vision_feature_layer", -2))
-        self.select_strategy = self.config.get("vision_feature_select_strategy", "default")
-        if self.select_strategy not in ("default", "full"):
-            raise ModelError(f"unsupported vision_feature_select_strategy '{self.select_strategy}'")
+        # Every value read from config.json is checked here (type and range), so that a
+        # malformed file is one error naming the field, before torch is imported.
+        self.source = str(checkpoint.folder / "config.json")
+        top = Fields(self.config, self.source)
+        self.text_config = TextConfig.from_hf(self._text_raw(top), tie_word_embeddings=self._tie(top),
+                                              source=self.source)
+        self.vision_config = VisionConfig.from_hf(self._vision_raw(), source=self.source)
+        self.feature_layer = top.int("vision_feature_layer", -2, lo=-MAX_LAYERS - 1, hi=MAX_LAYERS)
+        self.vision_config.layers_needed(self.feature_layer)  # in range for the tower
+        self.select_strategy = top.str("vision_feature_select_strategy", "default", choices=("default", "full"))
+        top.str("projector_hidden_act", "gelu", choices=("gelu",))
+        top.bool("multimodal_projector_bias", True)
+        vocab = self.text_config.vocab_size
+        for key in ("image_token_index", "video_token_index"):
+            if key in self.config:
+                top.int(key, lo=0, hi=vocab - 1)
+        top.token_ids("eos_token_id")
+        text = top.object("text_config", None)
+        if text is not None:
+            text.token_ids("eos_token_id")
+
+    def _tie(self, top: Fields) -> bool | None:
+        """Whether the LM head reuses the embeddings: the top-level flag, else (None)
+        text_config's."""
+        return top.bool("tie_word_embeddings", None)
+
+    def _text_raw(self, top: Fields) -> dict:
+        text = top.object("text_config", None)
+        return text.raw if text is not None else {}
 
     def _vision_raw(self) -> dict:
-        return self.config.get("vision_config") or {}
+        vision = Fields(self.config, self.source).object("vision_config", None)
+        return vision.raw if vision is not None else {}
 
     # -- model -------------------------------------------------------------------------
     def build(self) -> nn.Module:
         """The model's modules (call under ``torch.device("meta")``; the loader fills them)."""
         from ..nn.model import LlavaModel
 
+        self.vision_config.check_buildable(self.source)
         return LlavaModel(self.text_config, self.vision_config, self.feature_layer,
                           projector_act=self.config.get("projector_hidden_act", "gelu"),
                           projector_bias=self.config.get("multimodal_projector_bias", True),

@@ -26,7 +26,8 @@ class Llava(Family):
         super().__init__(checkpoint)
         tile = self.vision_config.image_size
         # CLIPImageProcessor: no pad-to-square (the original LLaVA-1.5 "pad" mode is not in the HF port).
-        self.image_pixels = px.PixelConfig.from_dict(checkpoint.preprocessor, default_size=tile)
+        self.image_pixels = px.PixelConfig.from_dict(checkpoint.preprocessor, default_size=tile,
+                                                   source=str(checkpoint.folder / "preprocessor_config.json"))
         if self.image_pixels.tile != tile:
             raise ModelError(f"preprocessor view {self.image_pixels.tile}px does not match the "
                              f"vision tower's {tile}px")

@@ -7,6 +7,7 @@ import numpy as np
 from .. import processing as px
 from ..errors import ModelError
 from ..lazy import lazy
+from ..validate import Fields, check_multiple
 from .base import Family, MediaInput
 
 torch = lazy("torch")
@@ -26,17 +27,18 @@ class LlavaNext(Family):
 
     def __init__(self, checkpoint) -> None:
         super().__init__(checkpoint)
-        pinpoints = self.config.get("image_grid_pinpoints") or NEXT_PINPOINTS
-        tile = self.vision_config.image_size
-        self.image_pixels = px.PixelConfig.from_dict(checkpoint.preprocessor, default_size=tile,
-                                                     pinpoints=pinpoints)
         # The model tiles features by the config's pinpoints, the processor by its own;
         # they agree in every published checkpoint.
-        self.pinpoints = tuple((int(h), int(w)) for h, w in pinpoints)
+        self.pinpoints = Fields(self.config, self.source).pinpoints("image_grid_pinpoints", NEXT_PINPOINTS)
+        tile = self.vision_config.image_size
+        pre_source = str(checkpoint.folder / "preprocessor_config.json")
+        self.image_pixels = px.PixelConfig.from_dict(checkpoint.preprocessor, default_size=tile,
+                                                     pinpoints=self.pinpoints, source=pre_source)
         if self.image_pixels.tile != tile:
             raise ModelError(f"preprocessor tile {self.image_pixels.tile}px does not match the "
                              f"vision tower's {tile}px")
-
+        check_multiple(self.source, "image_grid_pinpoints", self.pinpoints, tile)
+        check_multiple(pre_source, "image_grid_pinpoints", self.image_pixels.pinpoints, tile)
 
     def token_ids(self) -> dict[str, int]:
         return {"image": int(self.config["image_token_index"])}

@@ -8,6 +8,7 @@ import numpy as np
 from .. import processing as px
 from ..errors import ModelError
 from ..lazy import lazy
+from ..validate import Fields
 from .base import MediaInput
 from .llava_next import LlavaNext
 
@@ -25,16 +26,18 @@ class LlavaNextVideo(LlavaNext):
 
     def __init__(self, checkpoint) -> None:
         super().__init__(checkpoint)
-        mode = self.config.get("spatial_pool_mode", "average")
-        if mode not in ("average", "max"):
-            raise ModelError(f"unsupported spatial_pool_mode '{mode}' (supported: average, max)")
-        self.pool_mode = mode
-        self.pool_stride = int(self.config.get("spatial_pool_stride", 2))
+        top = Fields(self.config, self.source)
+        self.pool_mode = top.str("spatial_pool_mode", "average", choices=("average", "max"))
+        grid = self.vision_config.grid
+        self.pool_stride = top.int("spatial_pool_stride", 2, lo=1, hi=grid)
         tile = self.vision_config.image_size
         # Frames: shortest edge → tile, centre crop, no anyres.
         self.video_pixels = px.PixelConfig.from_dict(
             {k: v for k, v in checkpoint.preprocessor.items() if k != "image_grid_pinpoints"},
-            default_size=tile)
+            default_size=tile, source=str(checkpoint.folder / "preprocessor_config.json"))
+        if self.video_pixels.tile != tile:
+            raise ModelError(f"preprocessor video frames of {self.video_pixels.tile}px do not match the "
+                             f"vision tower's {tile}px")
 
     def token_ids(self) -> dict[str, int]:
         return {"image": int(self.config["image_token_index"]),

@@ -33,7 +33,7 @@ from .. import processing as px
 from ..checkpoint import read_optional_json
 from ..errors import ModelError
 from ..lazy import lazy
-from ..nn.config import TextConfig
+from ..validate import Fields, check_multiple
 from .base import Family, MediaInput
 from .llava_next import LlavaNext
 
@@ -120,37 +120,35 @@ def expand_to_square(image: np.ndarray, mean: Sequence[float]) -> np.ndarray:
     return canvas
 
 
-def _max_tiles(aspect_ratio: str) -> int:
+def _max_tiles(aspect_ratio: str, source: str = "config.json") -> int:
     prefix = "anyres_max_"
-    if isinstance(aspect_ratio, str) and aspect_ratio.startswith(prefix) and aspect_ratio[len(prefix):].isdigit():
-        return int(aspect_ratio[len(prefix):])
-    raise ModelError(f"unsupported vision_aspect_ratio {aspect_ratio!r} (supported: anyres_max_N)")
+    digits = aspect_ratio[len(prefix):] if aspect_ratio.startswith(prefix) else ""
+    if digits.isascii() and digits.isdigit() and 1 <= int(digits) <= 1000:
+        return int(digits)
+    raise ModelError(f"{source}: unsupported vision_aspect_ratio {aspect_ratio!r} "
+                     f"(supported: anyres_max_N, N from 1 to 1000)")
 
 
-def _pixel_config(raw: dict, pinpoints: Sequence[Sequence[int]] = ()) -> px.PixelConfig:
+def _pixel_config(raw: dict, pinpoints: Sequence[Sequence[int]] = (), *,
+                  source: str = "preprocessor_config.json") -> px.PixelConfig:
     """A OneVision preprocessor config: resize straight to height×width, no crop.
 
     Keys the file leaves out take the hub's values (SigLIP 0.5 mean/std); 4.48.3's
     processor classes would fall back to CLIP's mean/std there, but every published
     preprocessor_config.json stores 0.5.
     """
-    merged = {**_HUB_PIXELS, **{k: v for k, v in raw.items() if v is not None}}
-    size = merged["size"]
-    if isinstance(size, int):
-        height = width = size
-    elif "height" in size and "width" in size:
-        height, width = int(size["height"]), int(size["width"])
-    elif "shortest_edge" in size:  # 4.48.3 reads {"shortest_edge": s} as s×s here
-        height = width = int(size["shortest_edge"])
-    else:
-        raise ModelError(f"unsupported preprocessor size {size!r}")
+    fields = px.Fields(raw, source)
+    shortest, height, width = px.pixel_size(fields, default=HUB_TILE)
+    if height is None or width is None:  # 4.48.3 reads {"shortest_edge": s} (or s) as s×s here
+        height = width = shortest
     if height != width:
-        raise ModelError(f"LLaVA-OneVision needs square views, the preprocessor says {height}×{width}")
-    points = merged.get("image_grid_pinpoints") or pinpoints
+        raise ModelError(f"{source}: LLaVA-OneVision needs square views, size says {height}×{width}")
+    points = fields.pinpoints("image_grid_pinpoints", None) or pinpoints
     return px.PixelConfig(shortest_edge=None, height=height, width=width, crop=None,
-                          mean=tuple(float(m) for m in merged["image_mean"]),
-                          std=tuple(float(s) for s in merged["image_std"]),
-                          rescale=float(merged["rescale_factor"]), resample=int(merged["resample"]),
+                          mean=fields.channels("image_mean", SIGLIP_MEAN),
+                          std=fields.channels("image_std", SIGLIP_STD, positive=True),
+                          rescale=fields.float("rescale_factor", 1 / 255, lo=0, hi=1e6, lo_open=True),
+                          resample=px.resample_code(fields),
                           pinpoints=tuple((int(h), int(w)) for h, w in points))
 
 
@@ -169,34 +167,48 @@ class LlavaOnevision(LlavaNext):
 
     def __init__(self, checkpoint) -> None:
         Family.__init__(self, checkpoint)  # not LlavaNext's: its pixel rules are CLIP's
-        text_raw = {"model_type": "qwen2", **(self.config.get("text_config") or {})}
-        # transformers 4.48.3 ties the LM head by text_config's flag (the composite's
-        # tie_weights delegates to the language model); the hub 0.5B config sets it there.
-        # A config that only says so at the top level is honoured too.
-        tie = text_raw.get("tie_word_embeddings", self.config.get("tie_word_embeddings", False))
-        try:
-            self.text_config = TextConfig.from_hf(text_raw, tie_word_embeddings=bool(tie))
-            self.max_tiles = _max_tiles(self.config.get("vision_aspect_ratio", "anyres_max_9"))
-            self.pinpoints = tuple((int(h), int(w)) for h, w in
-                                   (self.config.get("image_grid_pinpoints") or ONEVISION_PINPOINTS))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"config.json in {checkpoint.folder} is malformed "
-                             f"({exc.__class__.__name__}: {exc})") from None
+        top = Fields(self.config, self.source)
+        self.max_tiles = _max_tiles(top.str("vision_aspect_ratio", "anyres_max_9"), self.source)
+        self.pinpoints = top.pinpoints("image_grid_pinpoints", ONEVISION_PINPOINTS)
         tile = self.vision_config.image_size
-        self.image_pixels = _pixel_config(checkpoint.preprocessor, self.pinpoints)
+        check_multiple(self.source, "image_grid_pinpoints", self.pinpoints, tile)
+        folder = checkpoint.folder
+        self.image_pixels = _pixel_config(checkpoint.preprocessor, self.pinpoints,
+                                          source=str(folder / "preprocessor_config.json"))
+        check_multiple(str(folder / "preprocessor_config.json"), "image_grid_pinpoints",
+                       self.image_pixels.pinpoints, tile)
         # 4.48.3 saves the video settings in video_processor/; without that folder its
         # video processor is loaded from the top-level preprocessor_config.json.
-        video_raw = read_optional_json(checkpoint.folder / "video_processor" / "preprocessor_config.json")
-        self.video_pixels = _pixel_config(video_raw or checkpoint.preprocessor)
+        video_path = folder / "video_processor" / "preprocessor_config.json"
+        video_raw = read_optional_json(video_path)
+        if video_raw:
+            self.video_pixels = _pixel_config(video_raw, source=str(video_path))
+        else:
+            self.video_pixels = _pixel_config(checkpoint.preprocessor,
+                                              source=str(folder / "preprocessor_config.json"))
         for what, cfg in (("preprocessor", self.image_pixels), ("video preprocessor", self.video_pixels)):
             if cfg.tile != tile:
                 raise ModelError(f"{what} views of {cfg.tile}px do not match the vision tower's {tile}px")
 
+    def _tie(self, top: Fields) -> bool | None:
+        # transformers 4.48.3 ties the LM head by text_config's flag (the composite's
+        # tie_weights delegates to the language model); the hub 0.5B config sets it there.
+        # A config that only says so at the top level is honoured too.
+        text = top.object("text_config", None)
+        if text is not None and text.has("tie_word_embeddings"):
+            return text.bool("tie_word_embeddings")
+        return top.bool("tie_word_embeddings", False)
+
+    def _text_raw(self, top: Fields) -> dict:
+        # A Qwen2 decoder unless text_config says otherwise.
+        text = top.object("text_config", None)
+        return {"model_type": "qwen2", **(text.raw if text is not None else {})}
+
     def _vision_raw(self) -> dict:
-        raw = self.config.get("vision_config")
-        if not raw:
+        vision = Fields(self.config, self.source).object("vision_config", None)
+        if vision is None or not vision.raw:
             return dict(_DEFAULT_SIGLIP)
-        return {"model_type": "siglip_vision_model", **raw}
+        return {"model_type": "siglip_vision_model", **vision.raw}
 
     def token_ids(self) -> dict[str, int]:
         return {"image": int(self.config["image_token_index"]),

@@ -45,7 +45,8 @@ class VideoLlava(Family):
         # (VisionConfig.from_hf fills it in).
         tile = self.vision_config.image_size
         # One VideoLlavaImageProcessor preprocesses images and video frames alike.
-        self.pixels = px.PixelConfig.from_dict(checkpoint.preprocessor, default_size=tile)
+        self.pixels = px.PixelConfig.from_dict(checkpoint.preprocessor, default_size=tile,
+                                                   source=str(checkpoint.folder / "preprocessor_config.json"))
         if self.pixels.tile != tile:
             raise ModelError(f"preprocessor view {self.pixels.tile}px does not match the "
                              f"vision tower's {tile}px")

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ModelError
+from ..validate import (MAX_GRID, MAX_HEADS, MAX_HIDDEN, MAX_IMAGE_SIDE, MAX_INTERMEDIATE, MAX_LAYERS,
+                        MAX_POSITIONS, MAX_VOCAB, Fields, show)
 
 # Values that apply when a hub config leaves a key out (the hub files store only the
 # keys that differ from their class defaults).
@@ -43,47 +45,70 @@ class TextConfig:
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_hf(cls, raw: dict, *, tie_word_embeddings: bool | None = None) -> "TextConfig":
-        model_type = raw.get("model_type", "llama")
+    def from_hf(cls, raw: dict, *, tie_word_embeddings: bool | None = None, source: str = "config.json",
+                prefix: str = "text_config") -> "TextConfig":
+        """Read and check a hub text_config (``source`` and ``prefix`` name it in errors)."""
+        fields = Fields(raw, source, prefix)
+        model_type = fields.str("model_type", "llama")
         if model_type not in _TEXT_DEFAULTS:
-            raise ModelError(f"unsupported language model type '{model_type}' "
+            raise ModelError(f"{source}: unsupported language model type '{model_type}' in {prefix}.model_type "
                              f"(supported: {', '.join(sorted(_TEXT_DEFAULTS))})")
-        merged = {**_TEXT_DEFAULTS[model_type], **{k: v for k, v in raw.items() if v is not None
-                                                   or k == "sliding_window"}}
-        heads = int(merged["num_attention_heads"])
-        hidden = int(merged["hidden_size"])
-        kv_heads = merged.get("num_key_value_heads") or heads
-        head_dim = merged.get("head_dim") or hidden // heads
-        theta, factor = _rope_settings(raw, float(merged["rope_theta"]))
-        sliding = merged.get("sliding_window")
+        defaults = _TEXT_DEFAULTS[model_type]
+        heads = fields.int("num_attention_heads", defaults["num_attention_heads"], lo=1, hi=MAX_HEADS)
+        hidden = fields.int("hidden_size", defaults["hidden_size"], lo=1, hi=MAX_HIDDEN)
+        kv_heads = fields.int("num_key_value_heads", defaults.get("num_key_value_heads", heads), lo=1, hi=heads)
+        if heads % kv_heads:
+            raise fields.error("num_key_value_heads", f"a divisor of num_attention_heads ({heads})", kv_heads)
+        if fields.has("head_dim"):
+            head_dim = fields.int("head_dim", lo=2, hi=MAX_HIDDEN)
+        else:
+            head_dim = hidden // heads
+            if head_dim < 2:
+                raise fields.error("num_attention_heads", f"at most hidden_size / 2 ({hidden // 2})", heads)
+        if head_dim % 2:
+            raise ModelError(f"{source}: {prefix}.head_dim must be even for rotary embeddings, got {head_dim}")
+        theta = fields.float("rope_theta", defaults["rope_theta"], lo=0, hi=1e15, lo_open=True)
+        theta, factor = _rope_settings(fields, theta)
+        sliding = None
         window_from = 0
         if model_type == "qwen2":
             # Qwen2 windows only with use_sliding_window (false in every LLaVA config), and
             # then only from layer max_window_layers on (Qwen2Config defaults 4096 / 28).
-            use = raw.get("use_sliding_window", False)
-            sliding = raw.get("sliding_window", 4096) if use else None
-            window_from = int(raw.get("max_window_layers", 28)) if use else 0
-        tie = raw.get("tie_word_embeddings", False) if tie_word_embeddings is None else tie_word_embeddings
+            if fields.bool("use_sliding_window", False):
+                sliding = fields.int("sliding_window", 4096, lo=1, hi=MAX_POSITIONS)
+                window_from = fields.int("max_window_layers", 28, lo=0, hi=MAX_LAYERS)
+        elif "sliding_window" in raw:  # an explicit null turns Mistral's default window off
+            sliding = fields.int("sliding_window", None, lo=1, hi=MAX_POSITIONS)
+        else:
+            sliding = defaults["sliding_window"]
+        if tie_word_embeddings is None:
+            tie = fields.bool("tie_word_embeddings", False)
+        elif isinstance(tie_word_embeddings, bool):
+            tie = tie_word_embeddings
+        else:
+            raise ModelError(f"{source}: tie_word_embeddings must be true or false, got {show(tie_word_embeddings)}")
         return cls(
-            vocab_size=int(merged["vocab_size"]),
+            vocab_size=fields.int("vocab_size", defaults["vocab_size"], lo=1, hi=MAX_VOCAB),
             hidden_size=hidden,
-            intermediate_size=int(merged["intermediate_size"]),
-            num_layers=int(merged["num_hidden_layers"]),
+            intermediate_size=fields.int("intermediate_size", defaults["intermediate_size"], lo=1,
+                                         hi=MAX_INTERMEDIATE),
+            num_layers=fields.int("num_hidden_layers", defaults["num_hidden_layers"], lo=1, hi=MAX_LAYERS),
             num_heads=heads,
-            num_kv_heads=int(kv_heads),
-            head_dim=int(head_dim),
-            rms_norm_eps=float(merged["rms_norm_eps"]),
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=fields.float("rms_norm_eps", defaults["rms_norm_eps"], lo=0, hi=1, lo_open=True),
             rope_theta=theta,
             rope_linear_factor=factor,
-            max_position_embeddings=int(merged["max_position_embeddings"]),
-            qkv_bias=bool(merged.get("attention_bias", False)),
-            tie_word_embeddings=bool(tie),
-            sliding_window=int(sliding) if sliding else None,
+            max_position_embeddings=fields.int("max_position_embeddings", defaults["max_position_embeddings"],
+                                               lo=1, hi=MAX_POSITIONS),
+            qkv_bias=fields.bool("attention_bias", defaults["attention_bias"]),
+            tie_word_embeddings=tie,
+            sliding_window=sliding,
             sliding_window_from_layer=window_from,
         )
 
 
-def _rope_settings(raw: dict, theta: float) -> tuple[float, float]:
+def _rope_settings(fields: Fields, theta: float) -> tuple[float, float]:
     """(rope_theta, linear factor) from either config form.
 
     Older configs keep ``rope_theta`` and ``rope_scaling`` at the top level; newer ones
@@ -91,19 +116,20 @@ def _rope_settings(raw: dict, theta: float) -> tuple[float, float]:
     LLaVA-NeXT-Video upload) are not a scaling setting and are ignored, as the reference
     ignores them.
     """
-    params = raw.get("rope_parameters")
-    scaling = raw.get("rope_scaling")
-    if isinstance(params, dict):
-        theta = float(params.get("rope_theta", theta))
+    params = fields.object("rope_parameters", None)
+    scaling = fields.object("rope_scaling", None)
+    if params is not None:
+        theta = params.float("rope_theta", theta, lo=0, hi=1e15, lo_open=True)
         scaling = params
-    if not scaling:
+    if scaling is None or not scaling.raw:
         return theta, 1.0
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = scaling.str("rope_type", None) or scaling.str("type", "default")
     if kind == "default":
         return theta, 1.0
     if kind == "linear":
-        return theta, float(scaling["factor"])
-    raise ModelError(f"unsupported RoPE scaling type '{kind}' (supported: linear)")
+        return theta, scaling.float("factor", lo=0, hi=1e6, lo_open=True)
+    raise ModelError(f"{scaling.source}: unsupported RoPE scaling type '{kind}' in {scaling.prefix} "
+                     f"(supported: linear)")
 
 
 _VISION_DEFAULTS = {
@@ -131,18 +157,41 @@ class VisionConfig:
     hidden_act: str
 
     @classmethod
-    def from_hf(cls, raw: dict) -> "VisionConfig":
-        kind = raw.get("model_type", "clip_vision_model")
+    def from_hf(cls, raw: dict, *, source: str = "config.json", prefix: str = "vision_config") -> "VisionConfig":
+        """Read and check a hub vision_config (``source`` and ``prefix`` name it in errors)."""
+        fields = Fields(raw, source, prefix)
+        kind = fields.str("model_type", "clip_vision_model")
         if kind not in _VISION_DEFAULTS:
-            raise ModelError(f"unsupported vision tower '{kind}' (supported: clip, siglip)")
-        merged = {**_VISION_DEFAULTS[kind], **raw}
-        if merged["hidden_act"] not in VISION_ACTIVATIONS:
-            raise ModelError(f"unsupported vision activation '{merged['hidden_act']}'")
-        return cls(kind=kind, hidden_size=int(merged["hidden_size"]),
-                   intermediate_size=int(merged["intermediate_size"]),
-                   num_layers=int(merged["num_hidden_layers"]), num_heads=int(merged["num_attention_heads"]),
-                   image_size=int(merged["image_size"]), patch_size=int(merged["patch_size"]),
-                   layer_norm_eps=float(merged["layer_norm_eps"]), hidden_act=merged["hidden_act"])
+            raise ModelError(f"{source}: unsupported vision tower '{kind}' in {prefix}.model_type "
+                             f"(supported: clip_vision_model, siglip_vision_model)")
+        defaults = _VISION_DEFAULTS[kind]
+        act = fields.str("hidden_act", defaults["hidden_act"])
+        if act not in VISION_ACTIVATIONS:
+            raise ModelError(f"{source}: unsupported vision activation '{act}' in {prefix}.hidden_act "
+                             f"(supported: {', '.join(VISION_ACTIVATIONS)})")
+        hidden = fields.int("hidden_size", defaults["hidden_size"], lo=1, hi=MAX_HIDDEN)
+        heads = fields.int("num_attention_heads", defaults["num_attention_heads"], lo=1, hi=MAX_HEADS)
+        image_size = fields.int("image_size", defaults["image_size"], lo=1, hi=MAX_IMAGE_SIDE)
+        patch_size = fields.int("patch_size", defaults["patch_size"], lo=1, hi=image_size)
+        if image_size // patch_size > MAX_GRID:
+            raise ModelError(f"{source}: {prefix}.image_size / patch_size ({image_size} / {patch_size}) gives "
+                             f"{image_size // patch_size} patches per side; at most {MAX_GRID} are supported")
+        return cls(kind=kind, hidden_size=hidden,
+                   intermediate_size=fields.int("intermediate_size", defaults["intermediate_size"], lo=1,
+                                                hi=MAX_INTERMEDIATE),
+                   num_layers=fields.int("num_hidden_layers", defaults["num_hidden_layers"], lo=1, hi=MAX_LAYERS),
+                   num_heads=heads, image_size=image_size, patch_size=patch_size,
+                   layer_norm_eps=fields.float("layer_norm_eps", defaults["layer_norm_eps"], lo=0, hi=1,
+                                               lo_open=True),
+                   hidden_act=act)
+
+    def check_buildable(self, source: str = "config.json", prefix: str = "vision_config") -> None:
+        """What only building the tower needs (token counts do not): the attention heads
+        split the width evenly. (transformers 4.48.3's default SigLIP config, 14 heads of
+        1152, counts tokens fine but builds in neither implementation.)"""
+        if self.hidden_size % self.num_heads:
+            raise ModelError(f"{source}: {prefix}.num_attention_heads must be a divisor of hidden_size "
+                             f"({self.hidden_size}), got {self.num_heads}")
 
     @property
     def has_class_token(self) -> bool:
