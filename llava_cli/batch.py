@@ -26,14 +26,17 @@ and answers only the (input, question) pairs missing from it. Failed pairs are r
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import glob
 import json
 import os
+import re
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from .errors import EXIT_OK, EXIT_PARTIAL, LlavaError, UsageError
 
@@ -104,14 +107,26 @@ def expand_inputs(args: Iterable[str], stdin: TextIO | None = None,
 
     for arg in args:
         if arg == "-":
-            stream = stdin or sys.stdin
-            for line in stream:
-                line = line.rstrip("\r\n")
+            for line in _stdin_lines(stdin):
                 if line.strip():
                     one(line, True)
         else:
             one(arg, False)
     return inputs, skipped
+
+
+def _stdin_lines(stdin: TextIO | None) -> Iterator[str]:
+    """Paths from standard input, one per line. Bytes that are not UTF-8 become surrogate
+    escapes, as in names from a folder: such an input gets its error line, it does not end
+    the run."""
+    stream = stdin or sys.stdin
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        for line in stream:
+            yield line.rstrip("\r\n")
+        return
+    for line in raw:
+        yield os.fsdecode(line.rstrip(b"\r\n"))
 
 
 def _is_url(text: str) -> bool:
@@ -120,6 +135,19 @@ def _is_url(text: str) -> bool:
 
 # ---------------------------------------------------------------------------------------
 # Output
+
+
+def json_line(record: dict[str, Any]) -> bytes:
+    """One JSON line, UTF-8. A path that is not valid UTF-8 (a file name's undecodable
+    bytes, held as surrogate escapes) is written with \\udcXX escapes: valid JSON that
+    reads back (json.loads) to the same string, whose os.fsencode is the name's bytes."""
+    text = json.dumps(record, ensure_ascii=False)
+    if _SURROGATES.search(text):
+        text = _SURROGATES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return (text + "\n").encode("utf-8")
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class JsonlOutput:
@@ -132,19 +160,32 @@ class JsonlOutput:
             sys.stdout.flush()
             self.durable = _is_regular(self.fd)
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+            # O_NONBLOCK: a FIFO put in the file's place since check_output must not block
+            # the open; it is refused just below.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | (0 if append else os.O_TRUNC)
             try:
                 self.fd = os.open(path, flags, 0o644)
             except OSError as exc:
                 raise LlavaError(f"cannot write {path}: {exc.strerror or exc}") from None
+            if not _is_regular(self.fd):
+                os.close(self.fd)
+                raise UsageError(f"{path} is not a regular file: --output needs a file")
+            os.set_blocking(self.fd, True)
             self.durable = True
 
     def write(self, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        view = memoryview(json_line(record))
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except BrokenPipeError:
+            if self.path is None:
+                raise  # the reader of stdout went away: exit 141, quietly
+            raise LlavaError(f"cannot write {self.path}: broken pipe") from None
+        except OSError as exc:
+            where = self.path if self.path is not None else "standard output"
+            raise LlavaError(f"cannot write {where}: {exc.strerror or exc}") from None
         if self.durable:
             try:
                 os.fsync(self.fd)
@@ -157,52 +198,92 @@ class JsonlOutput:
 
 
 def _is_regular(fd: int) -> bool:
-    import stat
-
     try:
         return stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:
         return False
 
 
+_MAX_LINE_BYTES = 64 * 1024 * 1024  # a longer line in a --resume file is damage, not an answer
+
+
+def _trusted(line: bytes) -> tuple[str, str] | None:
+    """The (path, question) of a line --resume trusts (a JSON object with an answer and no
+    error), else None."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if (isinstance(record, dict) and record.get("error") is None and isinstance(record.get("answer"), str)
+            and isinstance(record.get("path"), str) and isinstance(record.get("question"), str)):
+        return record["path"], record["question"]
+    return None
+
+
+def _lines(handle) -> Iterator[bytes | None]:
+    """The lines of a binary file, without their newlines; None for a line longer than
+    _MAX_LINE_BYTES (skipped, never held whole) and for a last line without a newline."""
+    while True:
+        line = handle.readline(_MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if not line.endswith(b"\n"):
+            if len(line) > _MAX_LINE_BYTES:
+                while line and not line.endswith(b"\n"):  # skip the rest of the long line
+                    line = handle.readline(_MAX_LINE_BYTES + 1)
+                yield None
+                continue
+            if line.strip():
+                yield None  # no newline: a write that a kill cut short
+            return
+        yield line[:-1]
+
+
 def trusted_lines(data: bytes) -> tuple[list[bytes], int]:
     """The lines --resume trusts (complete, a JSON object, an answer and no error), and
-    how many other lines there were (failed, damaged, or a partial last line)."""
-    good, dropped = [], 0
-    complete, _, tail = data.rpartition(b"\n")
-    if tail.strip():
-        dropped += 1  # no newline: a write that a kill cut short
-    for line in complete.split(b"\n") if complete else []:
-        if not line.strip():
+    how many other lines there were (failed, damaged, or a partial last line).
+    prepare_resume also drops repeats of an answered (path, question)."""
+    import io
+
+    return _select(io.BytesIO(data), unique=False)[:2]
+
+
+def _select(handle, *, unique: bool = True) -> tuple[list[bytes], int, set[tuple[str, str]]]:
+    good, dropped, done = [], 0, set()
+    for line in _lines(handle):
+        pair = _trusted(line) if line is not None else None
+        if pair is None or (unique and pair in done):
+            if line is None or line.strip():
+                dropped += 1
             continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            dropped += 1
-            continue
-        if (isinstance(record, dict) and record.get("error") is None and isinstance(record.get("answer"), str)
-                and isinstance(record.get("path"), str) and isinstance(record.get("question"), str)):
-            good.append(line)
-        else:
-            dropped += 1
-    return good, dropped
+        done.add(pair)
+        good.append(line)
+    return good, dropped, done
 
 
 def prepare_resume(path: str) -> tuple[set[tuple[str, str]], int, int]:
-    """Rewrite ``path`` with only its trusted lines; return the (path, question) pairs
-    done, the count kept and the count dropped."""
-    target = Path(path)
-    if not target.exists():
-        return set(), 0, 0
+    """Rewrite ``path`` with only its trusted lines, one per (path, question); return the
+    pairs done, the count kept and the count dropped. The file is read a line at a time
+    (a line over _MAX_LINE_BYTES is dropped unread); it must be a regular file."""
+    target = Path(os.path.realpath(path))  # a symlinked output: rewrite the file, keep the link
     try:
-        data = target.read_bytes()
+        status = target.stat()
+    except FileNotFoundError:
+        return set(), 0, 0
     except OSError as exc:
         raise LlavaError(f"cannot read {path}: {exc.strerror or exc}") from None
-    good, dropped = trusted_lines(data)
-    done = set()
-    for line in good:
-        record = json.loads(line)
-        done.add((record["path"], record["question"]))
+    if not stat.S_ISREG(status.st_mode):
+        raise UsageError(f"{path} is not a regular file: --resume continues a file")
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise UsageError(f"{path} is not a regular file: --resume continues a file")
+            good, dropped, done = _select(handle)
+    except OSError as exc:
+        raise LlavaError(f"cannot read {path}: {exc.strerror or exc}") from None
     if dropped:
         tmp = target.with_name(f".{target.name}.resume-{os.getpid()}")
         try:
@@ -210,8 +291,15 @@ def prepare_resume(path: str) -> tuple[set[tuple[str, str]], int, int]:
                 handle.write(b"".join(line + b"\n" for line in good))
                 handle.flush()
                 os.fsync(handle.fileno())
+            # Never rename over anything but the regular file just read.
+            if not stat.S_ISREG(os.lstat(target).st_mode):
+                raise UsageError(f"{path} is no longer a regular file")
             os.replace(tmp, target)
-        except OSError as exc:
+        except (OSError, LlavaError) as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(exc, LlavaError):
+                raise
             raise LlavaError(f"cannot rewrite {path}: {exc.strerror or exc}") from None
     return done, len(good), dropped
 
@@ -239,13 +327,41 @@ def check_output(options: BatchOptions) -> None:
         raise UsageError("--resume and --overwrite contradict each other")
     if options.output is None:
         return
+    if _is_stdout(options.output) and not options.resume:
+        options.output = None  # -o /dev/stdout: standard output, as without -o
+        return
     target = Path(options.output)
     if target.is_dir():
         raise UsageError(f"{options.output} is a folder: --output needs a file")
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {options.output}: the folder {target.parent} does not exist")
-    if not options.resume and not options.overwrite and target.exists() and target.stat().st_size > 0:
+    try:
+        status = target.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write {options.output}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(status.st_mode):
+        # A device, a FIFO or a socket: /dev/zero cannot be resumed, a FIFO would block.
+        raise UsageError(f"{options.output} is not a regular file: --output needs a file")
+    if not os.access(target, os.W_OK) or _virtual_filesystem(target):
+        raise UsageError(f"cannot write {options.output}: it is not a writable file")
+    if not options.resume and not options.overwrite and status.st_size > 0:
         raise UsageError(f"{options.output} exists: pass --resume to continue it, or --overwrite to start over")
+
+
+def _is_stdout(path: str) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):
+        return False
+
+
+def _virtual_filesystem(path: Path) -> bool:
+    """/proc and /sys files claim to be regular files (even to root, who may open them for
+    writing) but are not data files."""
+    real = os.path.realpath(path)
+    return real.startswith(("/proc/", "/sys/"))
 
 
 def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, notices,
@@ -290,10 +406,16 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
                     cache.encode(entry)
                 except LlavaError as exc:
                     error = exc.message
+                except MemoryError:
+                    error = "out of memory: try fewer --frames or a smaller model"
                 except Exception as exc:  # noqa: BLE001 - one bad input must not end the run
                     error = f"{exc.__class__.__name__}: {exc}"
             for number, question in enumerate(questions):
-                record = _record(item.path, question, options.model_name, entry)
+                try:
+                    record = _record(item.path, question, options.model_name, entry)
+                except Exception as exc:  # noqa: BLE001 - a media object we cannot describe
+                    entry, error = None, error or f"{exc.__class__.__name__}: {exc}"
+                    record = _record(item.path, question, options.model_name, None)
                 if error is None:
                     try:
                         prepared = engine.prepare([entry.media], question, system=options.system,
@@ -302,6 +424,8 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
                         _fill(record, answer, engine.timings, entry, first=number == 0)
                     except LlavaError as exc:
                         record["error"] = exc.message
+                    except MemoryError:
+                        record["error"] = "out of memory: try fewer --frames or a smaller model"
                     except Exception as exc:  # noqa: BLE001
                         record["error"] = f"{exc.__class__.__name__}: {exc}"
                 else:
@@ -310,7 +434,8 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
                     answered += 1
                 else:
                     failed += 1
-                    message = record["error"]
+                    message = " ".join(str(record["error"]).split())  # one line, as documented
+                    record = {**record, "answer": None, "error": message}
                     bar.warn(message if item.path in message else f"{item.path}: {message}")
                 output.write(record)
                 bar.advance()

@@ -15,6 +15,7 @@ import typer
 from . import __version__
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, LlavaError, UsageError
 from .render import AnswerWriter, Notices
+from .validate import MAX_SEED
 
 MODEL_HELP = ("An alias such as ov-7b (see llava models list --aliases), a Hub repo "
               "org/name[@revision], or a model folder. [default: LLAVA_MODEL, else model in "
@@ -138,7 +139,7 @@ _TEMPERATURE = typer.Option(None, "--temperature", "-t", metavar="T", show_defau
                             help="0 = greedy; > 0 samples. [default: the checkpoint's]")
 _TOP_P = typer.Option(None, "--top-p", metavar="P", show_default=False, help="Nucleus sampling threshold.")
 _TOP_K = typer.Option(None, "--top-k", metavar="K", show_default=False, help="Sample from the k most likely tokens.")
-_SEED = typer.Option(None, "--seed", metavar="S", show_default=False, help="Random seed for sampling.")
+_SEED = typer.Option(None, "--seed", metavar="S", show_default=False, help="Random seed for sampling (0 to 2**64-1).")
 _DEVICE = typer.Option(None, "--device", metavar="DEVICE", show_default=False, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
 _DTYPE = typer.Option(None, "--dtype", metavar="DTYPE", show_default=False,
                       help="auto, float32, float16 or bfloat16. [default: auto]")
@@ -256,7 +257,10 @@ def _run(*, model, offline, frames, fps, max_frames, start, end, decoder, long_v
                  prefill_chunk=prefill_chunk, frames=frames, fps=fps, max_frames=max_frames,
                  decoder=decoder, temperature=temperature, top_p=top_p, top_k=top_k,
                  max_new_tokens=max_new_tokens, system=system)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED} (2**64 - 1), got {seed}")
     settings = config.resolve(flags, warn=notices.warn)
+    _check_text(settings.values.get("system"), "the system prompt")
     start_s = end_s = None
     if start is not None or end is not None:
         from .media import parse_time
@@ -285,11 +289,30 @@ def _check_question(question: str, *, folders: bool = False) -> None:
         raise UsageError(f"missing argument QUESTION: '{question}' is a folder, not a question")
 
 
+MAX_QUESTION_BYTES = 16 * 1024 * 1024  # a question read from stdin; /dev/zero is not one
+
+
 def _read_stdin_question() -> str:
-    text = sys.stdin.read()
+    """The question from standard input: UTF-8 text, at most MAX_QUESTION_BYTES."""
+    stream = getattr(sys.stdin, "buffer", None)
+    raw = stream.read(MAX_QUESTION_BYTES + 1) if stream is not None else sys.stdin.read().encode("utf-8")
+    if len(raw) > MAX_QUESTION_BYTES:
+        raise UsageError(f"the question read from standard input is too long (over {MAX_QUESTION_BYTES >> 20} MiB)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the question read from standard input is not valid UTF-8 text "
+                         f"(byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
     if not text.strip():
         raise UsageError("the question read from standard input is empty")
     return text.strip()
+
+
+def _check_text(text: str | None, what: str) -> None:
+    """Command-line text arrives decoded with surrogate escapes for bytes that are not
+    UTF-8; a question or a system prompt has to be text: refused, not mangled."""
+    if text is not None and any("\ud800" <= c <= "\udfff" for c in text):
+        raise UsageError(f"{what} is not valid UTF-8 text")
 
 
 @app.command(cls=_Command)
@@ -331,6 +354,7 @@ def ask(
     from .media import check_sources
 
     media_paths = media_paths or []
+    _check_text(question, "the question")
     if not media_paths:
         _check_question(question)
     if question == "-":
@@ -354,9 +378,12 @@ def ask(
     try:
         for piece in engine.stream(prepared, sampling):
             writer.write(piece)
-    finally:
-        if not json_output:
-            writer.end()
+    except BaseException:
+        if writer.wrote and not json_output:
+            writer.end()  # end a partial answer's line (Ctrl-C); an error before any text prints none
+        raise
+    if not json_output:
+        writer.end()
     timings = engine.timings
     _verbose_timings(notices, timings)
     if json_output:
@@ -544,6 +571,8 @@ def batch(
         questions = [_read_stdin_question() if q == "-" else q for q in questions]
     if any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
+    for q in questions:
+        _check_text(q, "the question")
     questions = list(dict.fromkeys(questions))
     if output == "-":
         output = None

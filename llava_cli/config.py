@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,23 +112,47 @@ def _toml_module():
     return tomli
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration file is a few lines; read at most this much
+
+
 def load_config(warn: Callable[[str], None] | None = None, *, missing_ok: bool = False) -> dict:
     """The configuration file's table; {} when there is none (an error when LLAVA_CONFIG
-    names a file that does not exist, unless ``missing_ok``)."""
+    names a file that does not exist, unless ``missing_ok``). The file must be a regular
+    file of at most MAX_CONFIG_BYTES: LLAVA_CONFIG naming a folder, a FIFO or a device is
+    an error, never silently ignored (nor read forever)."""
     path = config_path()
-    if not path.is_file():
-        if os.environ.get("LLAVA_CONFIG") and not path.exists() and not missing_ok:
-            raise ConfigError(f"LLAVA_CONFIG names {path}, which does not exist")
+    named = bool(os.environ.get("LLAVA_CONFIG"))
+    where = f"LLAVA_CONFIG names {path}, which" if named else str(path)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        if named and not missing_ok:
+            raise ConfigError(f"LLAVA_CONFIG names {path}, which does not exist") from None
         return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise ConfigError(f"{where} is a folder, not a configuration file")
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigError(f"{where} is not a regular file")
+    if status.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is too large for a configuration file ({status.st_size:,} bytes)")
     toml = _toml_module()
     if toml is None:
         if warn is not None:
             warn(f"{path} ignored: reading it needs Python 3.11 or the tomli package (pip install tomli)")
         return {}
     try:
-        return toml.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is too large for a configuration file")
+        return toml.loads(raw.decode("utf-8"))
     except toml.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not valid TOML: nested too deeply") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text") from None
     except OSError as exc:

@@ -32,11 +32,13 @@ buffers; decoded frames that are not kept are dropped at once.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import math
 import os
 import re
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -96,8 +98,13 @@ _SEEK_MIN_SKIP = 16
 # the window's end in decode order cannot still hold a frame inside it.
 _REORDER_MARGIN = 32
 
-# Open and per-read limits for http(s) media, so a stalled server fails instead of hanging.
+# Limits for http(s) media, so a stalled or trickling server fails instead of hanging:
+# connecting (and FFmpeg's probing) and each read may wait _NETWORK_TIMEOUT_S; after
+# _MIN_RATE_GRACE_S, the transfer must average at least _MIN_BYTES_PER_S (a server that
+# sends one byte a second fails within the grace period plus one read).
 _NETWORK_TIMEOUT_S = 30.0
+_MIN_RATE_GRACE_S = 20.0
+_MIN_BYTES_PER_S = 8 * 1024
 _MAX_REMOTE_IMAGE_BYTES = 256 * 1024 * 1024
 
 # Errors PyAV raises for unreadable input. FFmpegError covers every av.error class in
@@ -363,19 +370,73 @@ def is_url(path: str | Path) -> bool:
     return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
+class _TooSlow(MediaError):
+    """A remote transfer below the minimum rate: no fallback retries it."""
+
+
+class _Transfer:
+    """The bytes of one remote load (every pass over the URL counts), checked against the
+    minimum rate."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.started = time.monotonic()
+        self.received = 0
+
+    def add(self, count: int) -> None:
+        self.received += count
+        elapsed = time.monotonic() - self.started
+        if elapsed > _MIN_RATE_GRACE_S and self.received < _MIN_BYTES_PER_S * elapsed:
+            rate = self.received / elapsed
+            raise _TooSlow(f"cannot read {self.source}: the server is too slow ({rate:,.0f} bytes/s "
+                           f"after {elapsed:.0f} s; at least {_MIN_BYTES_PER_S:,} bytes/s needed)")
+
+    def watch(self, packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
+        try:
+            for packet in packets:
+                self.add(packet.size)
+                yield packet
+        finally:
+            packets.close()
+
+
+# The transfer of each open remote container, by id (PyAV containers take no attributes).
+_TRANSFERS: dict[int, _Transfer] = {}
+
+
+def _demux(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.Packet]:
+    packets = container.demux(stream)
+    transfer = _TRANSFERS.get(id(container))
+    return packets if transfer is None else transfer.watch(packets)
+
+
 @dataclass(frozen=True)
 class _Source:
     source: str  # as the user gave it, for messages
     target: str  # what PyAV opens: a path or the URL
     suffix: str  # lower-case extension, from the URL's path for URLs
     remote: bool
+    transfer: _Transfer | None = field(default=None, compare=False, hash=False)
+
+
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
+
+
+def _check_name(source: str) -> None:
+    """A name that is not valid UTF-8 (its bytes held as surrogate escapes, as Python
+    decodes file names) cannot be shown, written to JSON or handed to FFmpeg as it is."""
+    if _UNDECODABLE.search(source):
+        shown = _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xdc00:02x}" if ord(m.group()) >= 0xdc80
+                                 else "\\ufffd", source)
+        raise MediaError(f"the name is not valid UTF-8: {shown} (rename the file)")
 
 
 def _source(path: str | Path) -> _Source:
     source = str(path)
+    _check_name(source)
     if is_url(path):
         suffix = Path(urllib.parse.urlsplit(source).path).suffix.lower()
-        return _Source(source, source, suffix, remote=True)
+        return _Source(source, source, suffix, remote=True, transfer=_Transfer(source))
     file = _check_file(path)
     return _Source(source, str(file), file.suffix.lower(), remote=False)
 
@@ -385,6 +446,7 @@ def check_sources(paths) -> None:
     downloading the model) happens: the first bad one is a MediaError. URLs are left to
     the loader."""
     for path in paths:
+        _check_name(str(path))
         if not is_url(path):
             _check_file(path)
 
@@ -444,11 +506,23 @@ def _load_remote(src: _Source, spec: FrameSpec) -> Media:
         raise MediaError(f"not an image or video: {src.source} ({reason})") from None
 
 
-def _fetch(url: str) -> bytes:
+def _fetch(url: str, transfer: _Transfer | None = None) -> bytes:
+    """The whole body, read in pieces: each read waits at most _NETWORK_TIMEOUT_S, and the
+    transfer must keep the minimum rate."""
+    transfer = transfer or _Transfer(url)
+    chunks: list[bytes] = []
+    size = 0
     try:
         with urllib.request.urlopen(url, timeout=_NETWORK_TIMEOUT_S) as response:  # noqa: S310
-            data = response.read(_MAX_REMOTE_IMAGE_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as error:
+            while size <= _MAX_REMOTE_IMAGE_BYTES:
+                chunk = response.read1(min(1 << 16, _MAX_REMOTE_IMAGE_BYTES + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                transfer.add(len(chunk))
+        data = b"".join(chunks)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
         raise MediaError(f"cannot fetch {url}: {_reason(getattr(error, 'reason', error))}") from None
     if len(data) > _MAX_REMOTE_IMAGE_BYTES:
         raise MediaError(f"image too large to fetch: {url} (over {_MAX_REMOTE_IMAGE_BYTES >> 20} MiB)")
@@ -472,7 +546,7 @@ def _reason(error: BaseException | str) -> str:
 def _load_picture(src: _Source, spec: FrameSpec, *, animated_as_video: bool) -> Media:
     """A still image as one frame; an animated one as a video when asked to."""
     notices: list[str] = []
-    opened_from: str | io.BytesIO = io.BytesIO(_fetch(src.target)) if src.remote else src.target
+    opened_from: str | io.BytesIO = io.BytesIO(_fetch(src.target, src.transfer)) if src.remote else src.target
     try:
         with Image.open(opened_from) as opened:
             if animated_as_video and getattr(opened, "n_frames", 1) > 1:
@@ -657,11 +731,21 @@ def _ffmpeg_logs_off() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _forget_transfer(container: av.container.InputContainer) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _TRANSFERS.pop(id(container), None)
+
+
+@contextlib.contextmanager
 def _open_video(
     src: _Source,
 ) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     options = {"timeout": (_NETWORK_TIMEOUT_S, _NETWORK_TIMEOUT_S)} if src.remote else {}
     try:
+        if src.transfer is not None:
+            src.transfer.add(0)  # a later pass (a fallback) still counts from the first
         container = av.open(src.target, mode="r", **options)
     except EOFError:
         # FFmpeg hit the end of the data before finding one frame: a header and nothing
@@ -669,11 +753,16 @@ def _open_video(
         raise MediaError(f"no video frames in {src.source} (the file ends before its first frame)") from None
     except _AV_ERRORS as error:
         if src.remote and not isinstance(error, av.error.InvalidDataError):
+            if isinstance(error, av.error.ExitError):  # PyAV's timeout interrupted FFmpeg
+                raise MediaError(f"cannot read {src.source}: timed out (no answer within "
+                                 f"{_NETWORK_TIMEOUT_S:g} s)") from None
             raise MediaError(f"cannot read {src.source}: {_reason(error)}") from None
         raise _NotRecognised(f"not a video: {src.source} ({_reason(error)})", _reason(error)) from None
     except OSError as error:
         raise MediaError(f"cannot read {src.source}: {_reason(error)}") from None
-    with container:
+    if src.transfer is not None:
+        _TRANSFERS[id(container)] = src.transfer
+    with container, _forget_transfer(container):
         if container.format.name in _TEXT_DEMUXERS:
             raise _NotRecognised(f"not a video: {src.source}")
         if container.format.name == "image2" or container.format.name.endswith("_pipe"):
@@ -833,7 +922,7 @@ def _index_packets(
     stop_ticks = None if stop_after is None else math.ceil(stop_after / time_base)
     earliest: int | None = None
     beyond = 0
-    packets = container.demux(stream)
+    packets = _demux(container, stream)
     try:
         for packet in packets:
             if packet.size == 0:
@@ -1012,6 +1101,8 @@ def _decode_runs(
                     if run is None:
                         break
                     decoded_here += _decode_run(worker_container, worker_stream, index, run, sink, stop)
+        except _TooSlow:
+            raise
         except MediaError as error:
             raise _SeekFailed(f"could not reopen: {error}") from None
         return decoded_here
@@ -1133,7 +1224,7 @@ def _packets_from(
             container.seek(offset, stream=stream, backward=True)
         except (*_AV_ERRORS, OSError, ValueError) as error:
             raise _SeekFailed(f"cannot seek: {_reason(error)}") from None
-        packets = container.demux(stream)
+        packets = _demux(container, stream)
         try:
             found = _skip_to(packets, index, start)
             if found is None:
@@ -1314,7 +1405,7 @@ def _decode_selected(
         return False
 
     bad_in_a_row = 0
-    packets = container.demux(stream)
+    packets = _demux(container, stream)
     while True:
         try:
             packet = next(packets)

@@ -8,6 +8,7 @@ is styled at all (no colour, no bold, no dim).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import TextIO
 
@@ -67,6 +68,24 @@ class AnswerWriter:
         self.stream.flush()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")  # tab stays
+_CONTROL_BUT_NEWLINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return f"\\u{ord(char):04x}" if ord(char) >= 0xd800 else char.encode("unicode_escape").decode("ascii")
+
+
+def printable(text: str, *, one_line: bool = True) -> str:
+    """``text`` safe for a terminal: control characters (a newline in a file name, an
+    escape sequence) and undecodable bytes (the surrogate escapes of a name that is not
+    UTF-8) shown as Python escapes, so an error is always the one line it claims to be.
+    With ``one_line`` false, newlines stay."""
+    pattern = _CONTROL if one_line else _CONTROL_BUT_NEWLINES
+    return pattern.sub(_escape, text) if pattern.search(text) else text
+
+
 class Notices:
     """One-line messages on stderr; dim/coloured on a terminal unless NO_COLOR, plain otherwise.
 
@@ -78,8 +97,9 @@ class Notices:
         self.quiet = quiet
         self.verbose = verbose and not quiet
 
-    def _print(self, message: str, style: str | None) -> None:
-        self.console.print(message, style=style if color_enabled() else None, markup=False)
+    def _print(self, message: str, style: str | None, *, one_line: bool = False) -> None:
+        self.console.print(printable(message, one_line=one_line), style=style if color_enabled() else None,
+                           markup=False)
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -92,10 +112,10 @@ class Notices:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self._print(f"llava: warning: {message}", "yellow")
+            self._print(f"llava: warning: {message}", "yellow", one_line=True)
 
     def error(self, message: str) -> None:
-        self._print(f"llava: error: {message}", "bold red")
+        self._print(f"llava: error: {message}", "bold red", one_line=True)
 
     def status(self, message: str):
         """A spinner while something slow happens (only on a terminal)."""

@@ -13,13 +13,14 @@ prompt clears the line; Ctrl-D (end of input) or /bye ends the session with stat
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .errors import LlavaError
+from .errors import LlavaError, UsageError
 from .generate import Sampling
 from .media import FrameSpec
 from .render import AnswerWriter, Notices
@@ -60,6 +61,14 @@ class LineReader:
         # the prompt goes to stderr and the terminal's own line discipline edits.
         self.editing = interactive and editing
         self.notices = notices
+        reconfigure = getattr(stdin, "reconfigure", None)
+        if reconfigure is not None:
+            # A line that is not UTF-8 must not end the session with a decoding error:
+            # its bytes become surrogate escapes, and Repl refuses the line.
+            try:
+                reconfigure(errors="surrogateescape")
+            except (ValueError, OSError):
+                pass
         self._readline = None
         self._history_start = 0
         self._history: Path | None = None
@@ -157,6 +166,10 @@ class Repl:
 
     def _read_message(self):
         line = self.reader.read(">>> " if self.interactive else "")
+        if _NOT_UTF8.search(line):
+            # Bytes that are not UTF-8 arrive as surrogate escapes (see LineReader).
+            self.notices.error("that line is not valid UTF-8 text; it was ignored")
+            return None
         stripped = line.strip()
         if stripped.startswith('"""'):
             return self._read_multiline(stripped[3:])
@@ -173,6 +186,9 @@ class Repl:
             lines = [first]
             while True:
                 line = self.reader.read("... " if self.interactive else "")
+                if _NOT_UTF8.search(line):
+                    self.notices.error("that line is not valid UTF-8 text; the message was dropped")
+                    return None
                 if line.rstrip().endswith('"""'):
                     lines.append(line.rstrip()[:-3])
                     break
@@ -191,11 +207,19 @@ class Repl:
                 writer.write(piece)
         except KeyboardInterrupt:
             interrupted = True
-        except LlavaError as exc:
+        except (LlavaError, MemoryError) as exc:
             turn.close()
             if writer.parts:
                 writer.end()
-            self.notices.error(exc.message)
+            self.notices.error(exc.message if isinstance(exc, LlavaError) else "out of memory")
+            return
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug, but the conversation must survive it
+            turn.close()
+            if writer.parts:
+                writer.end()
+            self.notices.error(f"internal error: {exc.__class__.__name__}: {exc} (the session goes on)")
             return
         finally:
             turn.close()  # ends the turn even when Ctrl-C landed outside the generator
@@ -236,6 +260,10 @@ class Repl:
             self.notices.error(exc.message)
         except KeyboardInterrupt:
             self._err(f"\n{name} interrupted")
+        except MemoryError:
+            self.notices.error(f"{name}: out of memory")
+        except Exception as exc:  # noqa: BLE001 - a bug, but the conversation must survive it
+            self.notices.error(f"internal error in {name}: {exc.__class__.__name__}: {exc} (the session goes on)")
         return None
 
     def _attach(self, rest: str) -> None:
@@ -281,33 +309,40 @@ class Repl:
             self.notices.warn(f"the conversation was saved with {saved_model}; continuing with {self.settings.model}")
 
     def _set(self, rest: str) -> None:
+        """Each value is checked as its flag's is (config.py's settings): /set temperature
+        nan is refused like --temperature nan."""
+        from .config import BY_KEY, _check
+
         key, _, value = rest.partition(" ")
         value = value.strip()
         usage = "Usage: /set frames N | temperature T | max-new-tokens N"
         if not key or not value:
             self._err(usage)
             return
+        name = {"frames": "frames", "temperature": "temperature", "max-new-tokens": "max_new_tokens",
+                "max_new_tokens": "max_new_tokens"}.get(key)
+        if name is None:
+            self._err(f"Unknown setting '{key}'. {usage}")
+            return
+        setting = BY_KEY[name]
         try:
-            if key == "frames":
-                frames = int(value)
-                self.settings.spec = replace(self.settings.spec, frames=frames, fps=None)
-                self._err(f"Set frames to {frames} for videos attached from now on.")
-            elif key == "temperature":
-                temperature = float(value)
-                if temperature < 0:
-                    raise ValueError
-                self.settings.sampling = replace(self.settings.sampling, temperature=temperature)
-                self._err(f"Set temperature to {temperature:g}.")
-            elif key in ("max-new-tokens", "max_new_tokens"):
-                count = int(value)
-                if count < 1:
-                    raise ValueError
-                self.settings.sampling = replace(self.settings.sampling, max_new_tokens=count)
-                self._err(f"Set max-new-tokens to {count}.")
-            else:
-                self._err(f"Unknown setting '{key}'. {usage}")
-        except ValueError:
-            self._err(f"Bad value for {key}: {value!r}. {usage}")
+            parsed = setting.kind(value)
+        except (ValueError, OverflowError):
+            kind = "a whole number" if setting.kind is int else "a number"
+            raise UsageError(f"/set {key} needs {kind}, not {value!r}. {usage}") from None
+        try:
+            checked = _check(setting, parsed, "/set", UsageError)
+        except LlavaError as exc:
+            raise UsageError(exc.message.replace(f"/set: '{name}'", f"/set {key}")) from None
+        if name == "frames":
+            self.settings.spec = replace(self.settings.spec, frames=checked, fps=None)
+            self._err(f"Set frames to {checked} for videos attached from now on.")
+        elif name == "temperature":
+            self.settings.sampling = replace(self.settings.sampling, temperature=checked)
+            self._err(f"Set temperature to {checked:g}.")
+        else:
+            self.settings.sampling = replace(self.settings.sampling, max_new_tokens=checked)
+            self._err(f"Set max-new-tokens to {checked}.")
 
     def _help(self, rest: str) -> None:
         self._err(HELP)
@@ -323,6 +358,7 @@ class Repl:
 
 
 _BYE = object()
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")
 
 
 def _split_paths(rest: str) -> list[str]:

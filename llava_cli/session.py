@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import signal
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -355,8 +356,11 @@ class ChatSession:
                 if not isinstance(record, dict) or not isinstance(record.get("path"), str):
                     raise UsageError("a saved media entry has no path")
                 try:
-                    spec = FrameSpec(**(record.get("spec") or {}))
-                except TypeError:
+                    saved = record.get("spec") or {}
+                    if not isinstance(saved, dict):
+                        raise TypeError
+                    spec = FrameSpec(**saved)
+                except (TypeError, ValueError, OverflowError):
                     raise UsageError(f"bad frame settings saved for {record['path']}") from None
                 out.append(Slot(load(record["path"], spec), next(uids)))
             return out
@@ -414,31 +418,79 @@ def _keys_and_spans(ids: list[int], slots: list[Slot]) -> tuple[list[int], list[
     return keys, spans
 
 
+MAX_CONVERSATION_BYTES = 64 * 1024 * 1024  # /load reads the file whole: at most this much
+
+
 def save_conversation(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    target = Path(path).expanduser()
+    """Write atomically: a crash leaves the old file or the new one, never half of one.
+    The temp file is renamed only over a regular file (or nothing): never over a device,
+    a FIFO or a folder, whatever the user's rights. A symlink is followed, so the file it
+    names is replaced and the link stays."""
+    target = Path(os.path.realpath(Path(path).expanduser()))
+    _check_save_target(target, path)
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    try:
+        encoded = (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a media path that is not UTF-8: \udcXX escapes
+        encoded = (json.dumps(data, ensure_ascii=True, indent=2) + "\n").encode("ascii")
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(encoded)
             handle.flush()
             os.fsync(handle.fileno())
+        _check_save_target(target, path)  # still a regular file (or absent) just before the rename
         os.replace(tmp, target)
-    except OSError as exc:
+    except (OSError, LlavaError) as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, LlavaError):
+            raise
         raise LlavaError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target
 
 
+def _check_save_target(target: Path, given: str | Path) -> None:
+    try:
+        status = os.lstat(target)
+    except FileNotFoundError:
+        if not target.parent.is_dir():
+            raise LlavaError(f"cannot write {given}: the folder {target.parent} does not exist") from None
+        return
+    except OSError as exc:
+        raise LlavaError(f"cannot write {given}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(status.st_mode):
+        what = "a folder" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+        raise LlavaError(f"cannot save to {given}: it is {what}")
+
+
 def read_conversation(path: str | Path) -> Any:
+    """A saved conversation: a regular file of at most MAX_CONVERSATION_BYTES (a device
+    or a FIFO is refused before it is opened, and the open cannot block)."""
     source = Path(path).expanduser()
     try:
-        return json.loads(source.read_text(encoding="utf-8"))
+        status = source.stat()
+        if stat.S_ISDIR(status.st_mode):
+            raise LlavaError(f"cannot load {source}: it is a folder")
+        if not stat.S_ISREG(status.st_mode):
+            raise LlavaError(f"cannot load {source}: it is not a regular file")
+        if status.st_size > MAX_CONVERSATION_BYTES:
+            raise LlavaError(f"cannot load {source}: too large for a saved conversation "
+                             f"({status.st_size:,} bytes; at most {MAX_CONVERSATION_BYTES >> 20} MiB)")
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise LlavaError(f"cannot load {source}: it is not a regular file")
+            raw = handle.read(MAX_CONVERSATION_BYTES + 1)
+        if len(raw) > MAX_CONVERSATION_BYTES:
+            raise LlavaError(f"cannot load {source}: too large for a saved conversation")
+        return json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise LlavaError(f"no such file: {source}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LlavaError(f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}") from None
     except json.JSONDecodeError as exc:
         raise LlavaError(f"{source} is not JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise LlavaError(f"{source} is nested too deeply to be a saved conversation") from None
