@@ -46,6 +46,9 @@ class TemplateText(str):
         made.origin = origin
         return made
 
+    def __getnewargs__(self) -> tuple[str, str]:  # copy, deepcopy and pickle rebuild it whole
+        return str(self), self.origin
+
 
 # LLaVA-NeXT-Video-7B's template (llava-hf/LLaVA-NeXT-Video-7B-hf, chat_template.json): the
 # Vicuna "USER: ... ASSISTANT:" format with images, then videos, then text. It is the

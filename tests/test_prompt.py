@@ -325,3 +325,17 @@ def test_expand_mismatch_without_names_mentions_the_id():
 def test_expand_rejects_negative_counts():
     with pytest.raises(PromptError, match="negative"):
         expand_placeholders([IMAGE], {IMAGE: [-1]})
+
+
+def test_template_text_survives_copies():
+    """Built-in templates carry their origin for error messages; copying one (transformers'
+    processors deep-copy the template a test checkpoint is saved with) rebuilds it whole."""
+    import copy
+    import pickle
+
+    from llava_cli.prompt import BUILTIN_TEMPLATES, TemplateText
+
+    for template in BUILTIN_TEMPLATES.values():
+        for clone in (copy.copy(template), copy.deepcopy(template), pickle.loads(pickle.dumps(template))):
+            assert isinstance(clone, TemplateText)
+            assert clone == template and clone.origin == template.origin
