@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from .errors import EXIT_OK, EXIT_PARTIAL, LlavaError, UsageError
+from .schema import media_record
 
 _GLOB_CHARS = set("*?[")
 
@@ -452,12 +453,11 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
 
 
 def _record(path: str, question: str, model: str, entry) -> dict[str, Any]:
-    media = entry.media if entry is not None else None
+    media = media_record(entry.media, path) if entry is not None else {"path": path, "kind": None, "frames": [],
+                                                                       "timestamps": []}
     return {
-        "path": path, "question": question, "answer": None, "error": None,
-        "kind": media.kind if media else None,
-        "frames": list(media.frame_indices) if media else [],
-        "timestamps": [round(t, 6) for t in media.timestamps] if media else [],
+        "path": media["path"], "question": question, "answer": None, "error": None,
+        "kind": media["kind"], "frames": media["frames"], "timestamps": media["timestamps"],
         "model": model, "prompt_tokens": None, "answer_tokens": None, "timings": None,
     }
 

@@ -200,7 +200,7 @@ class _Run:
         values = self.settings.values
         frames = values["frames"]
         if values["fps"] is None:
-            frames = _frames_for(self.family, frames, self.notices, has_video=has_video)
+            frames = self.family.frames_for(frames, warn=self.notices.warn if has_video else None)
         self.spec = FrameSpec(frames=frames, fps=values["fps"], max_frames=values["max_frames"],
                               start=self.start, end=self.end, decoder=values["decoder"])
 
@@ -211,8 +211,7 @@ class _Run:
             values = self.settings.values
             quantize = values["quantize"]
             self.engine = Engine.load(self.checkpoint, family=self.family, device=values["device"],
-                                      dtype=values["dtype"], attn=values["attn"],
-                                      quantize=None if quantize == "none" else quantize,
+                                      dtype=values["dtype"], attn=values["attn"], quantize=quantize,
                                       compile=bool(values["compile"]), prefill_chunk=values["prefill_chunk"])
         notices = self.notices
         engine = self.engine
@@ -371,9 +370,8 @@ def ask(
     engine = run.load_engine()
     sampling = run.sampling()
     prepared = engine.prepare(media, question, system=run.settings.system, long_video=long_video)
-    if prepared.rope_factor != engine.family.text_config.rope_linear_factor:
-        notices.warn(f"--long-video: RoPE stretched to linear factor {prepared.rope_factor:g} "
-                     f"for {len(prepared.input_ids)} prompt tokens")
+    if prepared.stretch_notice:
+        notices.warn(prepared.stretch_notice)
     writer = AnswerWriter(live=not (no_stream or json_output))
     try:
         for piece in engine.stream(prepared, sampling):
@@ -391,13 +389,14 @@ def ask(
 
 
 def _ask_json(run: _Run, answer: str, media: list, media_s: float) -> dict:
+    from .schema import media_record
+
     timings = run.engine.timings
     return {
         "answer": answer,
         "model": run.model_name,
         "family": run.family.name,
-        "media": [{"path": m.source, "kind": m.kind, "frames": [int(i) for i in m.frame_indices],
-                   "timestamps": [round(float(t), 6) for t in m.timestamps]} for m in media],
+        "media": [media_record(m) for m in media],
         "prompt_tokens": timings.prompt_tokens,
         "answer_tokens": timings.answer_tokens,
         "stop_reason": timings.stop_reason,
@@ -751,17 +750,6 @@ def models_info(
 
     reference, _ = model_setting(name, warn=Notices().warn)
     typer.echo(table([[label, value] for label, value in info(reference)]))
-
-
-def _frames_for(family, frames: int | None, notices: Notices, has_video: bool) -> int:
-    """--frames if given, else the family's default; warn when a family trained on a
-    fixed count (Video-LLaVA: 8) is asked for another."""
-    if frames is None:
-        return family.trained_frames or family.default_frames
-    if has_video and family.trained_frames and frames != family.trained_frames:
-        notices.warn(f"{family.title} was trained on {family.trained_frames} frames per video; "
-                     f"{frames} may give worse answers")
-    return frames
 
 
 def _is_usage_error(exc: BaseException) -> bool:

@@ -58,6 +58,8 @@ class Prepared:
     items: list[MediaInput]
     media: list[Media] = field(default_factory=list)
     rope_factor: float = 1.0  # linear RoPE factor this prompt runs with
+    # Set when --long-video stretched RoPE for this prompt: the one-line notice saying so.
+    stretch_notice: str | None = None
     context: int = 0  # positions available to prompt + answer
     # Embeddings already computed for ``items`` (from ``Engine.encode``), in the same
     # order; None: ``embed`` encodes the items itself.
@@ -226,6 +228,8 @@ class Engine:
             stretch = math.ceil(needed / context)
             prepared.rope_factor *= stretch
             prepared.context = context * stretch
+            prepared.stretch_notice = (f"--long-video: RoPE stretched to linear factor {prepared.rope_factor:g} "
+                                       f"for {len(prepared.input_ids)} prompt tokens")
             return
         message = f"the prompt needs {needed - 1} tokens but the model's context is {context}"
         videos = [item for item in prepared.items if item.kind == "video"]

@@ -227,5 +227,5 @@ def _frames(family) -> str:
     except ModelError:
         return "- (images only)"
     trained = f"trained on {family.trained_frames}" if family.trained_frames else "any count"
-    default = family.trained_frames or family.default_frames
+    default = family.frames_for(None)
     return f"{default} by default ({trained})"

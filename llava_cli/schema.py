@@ -99,3 +99,12 @@ def _matches(value: object, type_text: str) -> bool:
         if isinstance(value, expected):
             return True
     return False
+
+
+def media_record(media, path: str | None = None) -> dict:
+    """One medium's MEDIA_FIELDS: what ``llava ask --json`` lists, ``llava batch`` puts on
+    each line and chat's ``/save`` writes. ``path`` replaces the source as given."""
+    return {"path": media.source if path is None else path, "kind": media.kind,
+            "frames": [int(i) for i in media.frame_indices],
+            "timestamps": [round(float(t), 6) for t in media.timestamps]}
+

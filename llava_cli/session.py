@@ -44,6 +44,7 @@ from .errors import LlavaError, PromptError, UsageError
 from .families import MediaInput
 from .generate import Sampling, decode_loop
 from .media import FrameSpec, Media, is_url, load_media
+from .schema import media_record
 
 SAVE_FORMAT = "llava-chat/1"
 
@@ -326,8 +327,7 @@ class ChatSession:
         def media(slot: Slot) -> dict[str, Any]:
             m = slot.entry.media
             source = m.source if is_url(m.source) else os.path.abspath(os.path.expanduser(m.source))
-            return {"path": source, "kind": m.kind, "frames": list(m.frame_indices),
-                    "timestamps": [round(t, 6) for t in m.timestamps], "spec": asdict(slot.entry.spec)}
+            return {**media_record(m, source), "spec": asdict(slot.entry.spec)}
 
         messages = []
         for message in self.messages:

@@ -82,6 +82,18 @@ class Family:
         text = top.object("text_config", None)
         return text.raw if text is not None else {}
 
+    def frames_for(self, requested: int | None, warn=None) -> int:
+        """Frames per video: ``requested`` (--frames) if given, else the family's default
+        (the count it was trained on, if fixed). A family trained on a fixed count
+        (Video-LLaVA: 8) asked for another gets a ``warn``ing (give ``warn`` only when the
+        prompt has a video)."""
+        if requested is None:
+            return self.trained_frames or self.default_frames
+        if warn is not None and self.trained_frames and requested != self.trained_frames:
+            warn(f"{self.title} was trained on {self.trained_frames} frames per video; "
+                 f"{requested} may give worse answers")
+        return requested
+
     def _vision_raw(self) -> dict:
         vision = Fields(self.config, self.source).object("vision_config", None)
         return vision.raw if vision is not None else {}
