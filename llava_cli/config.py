@@ -28,14 +28,15 @@ import math
 import os
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from .errors import ConfigError, LlavaError, UsageError
 from .hub import DEFAULT_MODEL
+from .media.spec import DECODERS
 
-DECODER_NAMES = ("pyav", "decord")  # media.DECODERS, without importing PyAV here
+DECODER_NAMES = DECODERS  # media/spec.py imports no PyAV
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 ATTN_NAMES = ("auto", "sdpa", "flash", "eager")  # nn.attention.CHOICES, without importing torch here
 QUANTIZE_NAMES = ("none", "4bit", "4bit-dq", "8bit")  # nn.quant.CHOICES
@@ -241,12 +242,22 @@ def env_values() -> dict[str, Any]:
     return {s.key: v for s in SETTINGS if (v := _from_env(s)) is not None}
 
 
+# Every setting's value, typed (None: not set anywhere): one field per entry of SETTINGS.
+Settings = make_dataclass("Settings", [(s.key, Optional[s.kind]) for s in SETTINGS], frozen=True,
+                          namespace={"__doc__": "The settings in effect: defaults < file < LLAVA_* < flags."})
+
+
 @dataclass
 class Resolved:
     """Every setting's value (None: not set anywhere) and where it came from."""
 
     values: dict[str, Any]
     sources: dict[str, str]  # key → "--flag", "LLAVA_X", the file's path or "default"
+
+    @property
+    def settings(self) -> Any:
+        """The values as a typed ``Settings``."""
+        return Settings(**self.values)
 
     def __getattr__(self, key: str) -> Any:
         try:
