@@ -69,7 +69,7 @@ def peak_rss_mb() -> float:
 
 def make_checkpoint(size: str, root: Path) -> Path:
     import torch
-    from checkpoints import TinySpec, make_next_video
+    from support.checkpoints.next_video import TinySpec, make_next_video
 
     dims = SIZES[size]
     folder = root / f"{dims.get('family', 'next-video')}-{size}"
@@ -77,7 +77,7 @@ def make_checkpoint(size: str, root: Path) -> Path:
         return folder
     torch.set_num_threads(os.cpu_count() or 1)
     if dims.get("family") == "onevision":
-        from ckpt_onevision import make_onevision_sized
+        from support.checkpoints.onevision import make_onevision_sized
 
         return make_onevision_sized(folder, dims)
     full_size = size.endswith("7b")
@@ -92,7 +92,7 @@ def make_checkpoint(size: str, root: Path) -> Path:
 
 
 def make_clip(root: Path) -> Path:
-    from media_factory import make_video
+    from support.media import make_video
 
     path = root / "clip.mp4"
     if not path.is_file():
