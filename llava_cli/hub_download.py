@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import DownloadInterrupted, HubError
-from .hub import ModelRef, _hf, cache_dir, explain, format_bytes
+from .hub import ModelRef, _hf, cache_dir, format_bytes
+from .hub_errors import explain
 
 
 class _Tracker:
