@@ -111,26 +111,16 @@ def _root(
     """Ask LLaVA-family vision-language models about videos and images."""
 
 
-config_app = typer.Typer(
-    cls=Group,
-    name="config",
-    help="Show, locate and edit the configuration file (config.toml).",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(config_app, name="config")
+def _subcommands(name: str, help: str) -> typer.Typer:  # noqa: A002 - typer's own word
+    """A command group under ``llava`` (``llava config …``, ``llava models …``)."""
+    group = typer.Typer(cls=Group, name=name, help=help, no_args_is_help=True, rich_markup_mode=None,
+                        context_settings={"help_option_names": ["-h", "--help"]})
+    app.add_typer(group, name=name)
+    return group
 
 
-models_app = typer.Typer(
-    cls=Group,
-    name="models",
-    help="List, download, remove and describe models in the Hugging Face cache.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(models_app, name="models")
+config_app = _subcommands("config", "Show, locate and edit the configuration file (config.toml).")
+models_app = _subcommands("models", "List, download, remove and describe models in the Hugging Face cache.")
 
 
 def _is_usage_error(exc: BaseException) -> bool:
