@@ -45,14 +45,20 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting: its config.toml key, LLAVA_* variable and flag, declared once. The
+    commands' shared options (commands/options.py) are generated from these, in this order."""
+
     key: str  # in config.toml; the flag is --key with _ → -
     kind: type  # str, int, float or bool
-    help: str
+    help: str  # for config.toml, `config show` and the man page's CONFIGURATION
     default: Any = None  # None: the command decides (shown as `unset_means`)
     unset_means: str = ""
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     above: float | None = None  # strictly greater than
+    short: str = ""  # the flag's one-letter form, e.g. -f
+    metavar: str = ""  # the flag's value in --help (bool flags have none)
+    flag_help: str = ""  # the flag's line in --help
 
     @property
     def env(self) -> str:
@@ -64,30 +70,53 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("model", str, "the model: an alias, org/name[@revision] or a folder", DEFAULT_MODEL),
-    Setting("device", str, "where to run: auto, cpu, cuda, cuda:N or mps", "auto"),
-    Setting("dtype", str, "compute dtype", "auto", choices=DTYPE_NAMES),
-    Setting("attn", str, "attention backend: flash-attn where it runs, else PyTorch SDPA", "auto",
-            choices=ATTN_NAMES),
-    Setting("quantize", str, "language-model weights in 4 bits (NF4; -dq: double quantization) or 8 "
-            "(LLM.int8), through bitsandbytes", "none", choices=QUANTIZE_NAMES),
-    Setting("compile", bool, "compile the decode step with torch.compile (CUDA graphs on GPU); "
-            "the first answer waits for the compilation", False),
-    Setting("prefill_chunk", int, "prompt positions per prefill pass, bounding the memory of long "
-            "video prompts (0: the whole prompt at once)", 1024, minimum=0),
+    Setting("model", str, "the model: an alias, org/name[@revision] or a folder", DEFAULT_MODEL,
+            short="-m", metavar="MODEL",
+            flag_help="An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], "
+                      "or a model folder. [default: LLAVA_MODEL, else model in config.toml, else "
+                      f"{DEFAULT_MODEL}]"),
     Setting("frames", int, "frames sampled uniformly from each video",
-            unset_means="the family's default (8 for most)", minimum=1),
+            unset_means="the family's default (8 for most)", minimum=1, short="-f", metavar="N",
+            flag_help="Frames sampled uniformly from each video. [default: the family's, 8 for most]"),
     Setting("fps", float, "sample videos at this rate instead of a fixed count",
-            unset_means="a fixed count (frames)", above=0),
-    Setting("max_frames", int, "at most this many frames per video", unset_means="no cap", minimum=1),
-    Setting("decoder", str, "video decoder", "pyav", choices=DECODER_NAMES),
-    Setting("temperature", float, "0 = greedy; > 0 samples",
-            unset_means="the checkpoint's generation config (greedy unless it samples)", minimum=0),
-    Setting("top_p", float, "nucleus sampling threshold", unset_means="the checkpoint's", above=0),
-    Setting("top_k", int, "sample from the k most likely tokens", unset_means="the checkpoint's", minimum=0),
+            unset_means="a fixed count (frames)", above=0, metavar="FPS",
+            flag_help="Sample videos at this many frames per second instead of a fixed count."),
+    Setting("max_frames", int, "at most this many frames per video", unset_means="no cap", minimum=1,
+            metavar="N", flag_help="At most this many frames per video (with --fps, the rate is lowered to fit)."),
+    Setting("decoder", str, "video decoder", "pyav", choices=DECODER_NAMES, metavar="NAME",
+            flag_help="Video decoder: pyav or decord (falls back to pyav). [default: pyav]"),
     Setting("max_new_tokens", int, "stop after this many answer tokens",
-            unset_means="the checkpoint's, else 512", minimum=1),
-    Setting("system", str, "system prompt", unset_means="none"),
+            unset_means="the checkpoint's, else 512", minimum=1, short="-n", metavar="N",
+            flag_help="Stop after this many answer tokens. [default: the checkpoint's, else 512]"),
+    Setting("temperature", float, "0 = greedy; > 0 samples",
+            unset_means="the checkpoint's generation config (greedy unless it samples)", minimum=0,
+            short="-t", metavar="T", flag_help="0 = greedy; > 0 samples. [default: the checkpoint's]"),
+    Setting("top_p", float, "nucleus sampling threshold", unset_means="the checkpoint's", above=0,
+            metavar="P", flag_help="Nucleus sampling threshold."),
+    Setting("top_k", int, "sample from the k most likely tokens", unset_means="the checkpoint's", minimum=0,
+            metavar="K", flag_help="Sample from the k most likely tokens."),
+    Setting("device", str, "where to run: auto, cpu, cuda, cuda:N or mps", "auto", metavar="DEVICE",
+            flag_help="auto, cpu, cuda, cuda:N or mps. [default: auto]"),
+    Setting("dtype", str, "compute dtype", "auto", choices=DTYPE_NAMES, metavar="DTYPE",
+            flag_help="auto, float32, float16 or bfloat16. [default: auto]"),
+    Setting("attn", str, "attention backend: flash-attn where it runs, else PyTorch SDPA", "auto",
+            choices=ATTN_NAMES, metavar="BACKEND",
+            flag_help="Attention: auto, sdpa, flash (FlashAttention-2) or eager. [default: auto, flash where it "
+                      "runs, else sdpa]"),
+    Setting("quantize", str, "language-model weights in 4 bits (NF4; -dq: double quantization) or 8 "
+            "(LLM.int8), through bitsandbytes", "none", choices=QUANTIZE_NAMES, metavar="MODE",
+            flag_help="Language-model weights through bitsandbytes: 4bit (NF4), 4bit-dq (NF4, double "
+                      "quantization), 8bit (LLM.int8) or none. [default: none]"),
+    Setting("compile", bool, "compile the decode step with torch.compile (CUDA graphs on GPU); "
+            "the first answer waits for the compilation", False,
+            flag_help="Compile the decode step with torch.compile (CUDA graphs on GPU); the first answer waits "
+                      "for it. [default: off]"),
+    Setting("prefill_chunk", int, "prompt positions per prefill pass, bounding the memory of long "
+            "video prompts (0: the whole prompt at once)", 1024, minimum=0, metavar="N",
+            flag_help="Prompt positions per prefill pass; bounds the memory of long video prompts (0: all at "
+                      "once). [default: 1024]"),
+    Setting("system", str, "system prompt", unset_means="none", short="-s", metavar="TEXT",
+            flag_help="System prompt."),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -51,11 +51,9 @@ FISH_PATH = "completions/llava.fish"
 VALUE_COMPLETIONS: Dict[str, tuple] = {
     "--model": ("models",),
     "--device": ("choices", ["auto", "cpu", "cuda", "mps"]),
-    "--dtype": ("choices", ["auto", "float32", "float16", "bfloat16"]),
-    "--decoder": ("choices", list(llava_config.DECODER_NAMES)),
-    "--attn": ("choices", list(llava_config.ATTN_NAMES)),
-    "--quantize": ("choices", list(llava_config.QUANTIZE_NAMES)),
     "--output": ("files",),
+    # a setting with a fixed set of values completes them (--dtype, --decoder, --attn, --quantize)
+    **{s.flag: ("choices", list(s.choices)) for s in llava_config.SETTINGS if s.choices},
 }
 
 # How shells complete positional arguments, per command (default: files): "files", "dirs",
@@ -160,6 +158,7 @@ class Opt:
     required: bool = False
     multiple: bool = False
     min: Optional[object] = None
+    above: Optional[object] = None  # strictly greater than
     max: Optional[object] = None
     completion: tuple = ()  # ("choices", [...]) | ("dirs",) | ("files",) | ()
 
@@ -300,7 +299,8 @@ def _collect_command(command, ctx, name: str) -> Cmd:
             value_name=_value_name(param, long) if takes_value else "",
             default=default, envvar=envvar or None, required=bool(param.required),
             multiple=bool(getattr(param, "multiple", False)),
-            min=getattr(param, "min", None), max=getattr(param, "max", None),
+            min=getattr(param, "min", None) if setting is None else _number(setting.minimum),
+            above=None if setting is None else _number(setting.above), max=getattr(param, "max", None),
             completion=_completion(param, long) if takes_value else (),
         ))
     return cmd
@@ -413,6 +413,11 @@ def _opt_head(opt: Opt) -> str:
     return names
 
 
+def _number(value: Optional[float]) -> Optional[object]:
+    """A setting's bound as the man page writes it: 1, not 1.0."""
+    return int(value) if value is not None and float(value).is_integer() else value
+
+
 def _opt_body(opt: Opt) -> str:
     text = opt.help
     if text and not text.endswith("."):
@@ -424,6 +429,8 @@ def _opt_body(opt: Opt) -> str:
         extras.append(f"At least {opt.min}.")
     elif opt.max is not None:
         extras.append(f"At most {opt.max}.")
+    if opt.above is not None:
+        extras.append(f"Greater than {opt.above}.")
     if opt.default is not None:
         extras.append(f"Default: {opt.default}.")
     if opt.envvar:
