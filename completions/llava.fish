@@ -100,6 +100,7 @@ complete -c llava -n '__fish_seen_subcommand_from batch' -l quantize -x -a 'none
 complete -c llava -n '__fish_seen_subcommand_from batch' -l compile -l no-compile -d 'Compile the decode step with torch.compile (CUDA graphs on GPU); the first answer waits for it.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l prefill-chunk -x -d 'Prompt positions per prefill pass; bounds the memory of long video prompts (0: all at once).'
 complete -c llava -n '__fish_seen_subcommand_from batch' -s s -l system -x -d 'System prompt.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l parallel -x -d 'Answer up to N questions at once: their decode steps are batched, and a finished answer\'s slot goes to the next input at once.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -s q -l quiet -d 'Print only the answer and errors: no progress, no warnings.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -s v -l verbose -d 'On stderr: the frames used and their times, each media encoding, token counts and speed.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l debug -d 'Show tracebacks on errors.'

@@ -27,7 +27,7 @@ import os
 import stat
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
@@ -141,6 +141,7 @@ class BatchOptions:
     model_name: str
     system: str | None
     long_video: bool
+    parallel: int = 1  # requests in flight at once (the generation core's slots)
 
 
 def check_output(options: BatchOptions) -> None:
@@ -188,17 +189,45 @@ def _virtual_filesystem(path: Path) -> bool:
     return real.startswith(("/proc/", "/sys/"))
 
 
+@dataclass(eq=False)
+class _Task:
+    """One input and its questions, from decoding to its written lines."""
+
+    item: Input
+    questions: list[str]
+    entry: Any = None  # session.MediaEntry once decoded
+    error: str | None = None  # the input's own failure: every question's line says it
+    records: list[dict[str, Any] | None] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(record is not None for record in self.records)
+
+
 def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, notices,
         done: set[tuple[str, str]], progress: bool) -> int:
+    """Answer every (input, question) not in ``done``; one JSON line each, in input order.
+
+    Inputs are decoded ahead on worker threads while the model works. Up to
+    ``options.parallel`` questions are in flight in the generation core at once: an input
+    is admitted as soon as a slot is free and its frames are ready (inputs ready together
+    are encoded in one vision pass), and a finished answer frees its slot for the next.
+    Lines are written in input order as soon as an input and all before it are done, so
+    a killed run loses only unfinished answers (--resume asks them again)."""
     from .session import MediaCache, MediaEntry, media_key
     from .media import load_media
 
-    todo = [(item, [q for q in options.questions if (item.path, q) not in done]) for item in inputs]
-    todo = [(item, questions) for item, questions in todo if questions]
-    total = sum(len(questions) for _, questions in todo)
+    tasks = [_Task(item, [q for q in options.questions if (item.path, q) not in done]) for item in inputs]
+    tasks = [task for task in tasks if task.questions]
+    for task in tasks:
+        task.records = [None] * len(task.questions)
+        task.error = task.item.error
+    total = sum(len(task.questions) for task in tasks)
     output = JsonlOutput(options.output, append=options.resume)
+    parallel = max(1, options.parallel)
+    core = engine.core(parallel) if engine is not None else None
     cache = MediaCache(engine, limit=2)
-    failed = answered = 0
+    counts = {"answered": 0, "failed": 0}
     bar = _Progress(total, notices, enabled=progress)
     started = time.perf_counter()
 
@@ -207,72 +236,133 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
         media = load_media(path, spec)
         return MediaEntry(media, spec, media_key(path, spec), load_s=time.perf_counter() - begun)
 
-    # Decode the next input's frames while the model works on this one.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llava-decode")
+    # Frames of the next inputs are decoded while the model works on the ones in flight.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1 if parallel == 1 else 2,
+                                                 thread_name_prefix="llava-decode")
     futures: dict[int, concurrent.futures.Future] = {}
+    running: dict[Any, tuple[_Task, int]] = {}  # Generation → (its task, question number)
+    admitted = written = 0  # tasks turned into requests; tasks whose lines are out
 
-    def schedule(index: int) -> None:
-        if index < len(todo) and index not in futures and todo[index][0].error is None:
-            futures[index] = pool.submit(decode, todo[index][0].path)
+    def schedule_ahead() -> None:
+        for index in range(admitted, min(len(tasks), admitted + parallel + 1)):
+            if index not in futures and tasks[index].error is None:
+                futures[index] = pool.submit(decode, tasks[index].item.path)
 
-    try:
-        for index, (item, questions) in enumerate(todo):
-            schedule(index)
-            schedule(index + 1)
-            entry = None
-            error = item.error
-            if error is None:
-                try:
-                    entry = cache.adopt(futures.pop(index).result())
-                    for note in entry.media.notices:
-                        notices.warn(note)
-                    notices.detail(entry.media.describe())
-                    cache.encode(entry)
-                except LlavaError as exc:
-                    error = exc.message
-                except MemoryError:
-                    error = "out of memory: try fewer --frames or a smaller model"
-                except Exception as exc:  # noqa: BLE001 - one bad input must not end the run
-                    error = f"{exc.__class__.__name__}: {exc}"
-            for number, question in enumerate(questions):
-                try:
-                    record = _record(item.path, question, options.model_name, entry)
-                except Exception as exc:  # noqa: BLE001 - a media object we cannot describe
-                    entry, error = None, error or f"{exc.__class__.__name__}: {exc}"
-                    record = _record(item.path, question, options.model_name, None)
-                if error is None:
-                    try:
-                        prepared = engine.prepare([entry.media], question, system=options.system,
-                                                  long_video=options.long_video, encoded=[entry.encoded])
-                        answer = "".join(engine.stream(prepared, sampling))
-                        _fill(record, answer, engine.timings, entry, first=number == 0)
-                    except LlavaError as exc:
-                        record["error"] = exc.message
-                    except MemoryError:
-                        record["error"] = "out of memory: try fewer --frames or a smaller model"
-                    except Exception as exc:  # noqa: BLE001
-                        record["error"] = f"{exc.__class__.__name__}: {exc}"
-                else:
-                    record["error"] = error
+    def finish(task: _Task, number: int, error: str | None, answer: str | None = None, result=None) -> None:
+        record = _record(task.item.path, task.questions[number], options.model_name,
+                         task.entry if task.error is None else None)
+        if error is None:
+            _fill(record, answer, result.timings, task.entry, first=number == 0)
+        else:
+            record = {**record, "answer": None, "error": " ".join(str(error).split())}  # one line
+        task.records[number] = record
+
+    def take_decoded(index: int) -> None:
+        """The input's frames (waiting for them), encoded; or its error."""
+        task = tasks[index]
+        if task.error is not None:
+            return
+        try:
+            task.entry = cache.adopt(futures.pop(index).result())
+            for note in task.entry.media.notices:
+                notices.warn(note)
+            notices.detail(task.entry.media.describe())
+            cache.encode(task.entry)
+        except BaseException as exc:  # noqa: BLE001 - one bad input must not end the run
+            task.entry, task.error = None, _problem(exc)
+
+    def submit(task: _Task) -> None:
+        if task.error is None:
+            try:
+                _record(task.item.path, task.questions[0], options.model_name, task.entry)
+            except Exception as exc:  # noqa: BLE001 - a media object we cannot describe
+                task.entry, task.error = None, f"{exc.__class__.__name__}: {exc}"
+        for number, question in enumerate(task.questions):
+            if task.error is not None:
+                finish(task, number, task.error)
+                continue
+            try:
+                prepared = engine.prepare([task.entry.media], question, system=options.system,
+                                          long_video=options.long_video, encoded=[task.entry.encoded])
+                running[core.submit(engine.request(prepared, sampling))] = (task, number)
+            except BaseException as exc:  # noqa: BLE001
+                finish(task, number, _problem(exc))
+
+    def collect() -> None:
+        for generation in [g for g in running if g.done]:
+            task, number = running.pop(generation)
+            result = generation.result
+            if result.error is not None:
+                finish(task, number, result.error)
+            else:
+                finish(task, number, None, engine.tokenizer.decode(result.tokens), result)
+
+    def write_ready() -> None:
+        nonlocal written
+        while written < len(tasks) and tasks[written].complete:
+            task = tasks[written]
+            for record in task.records:
                 if record["error"] is None:
-                    answered += 1
+                    counts["answered"] += 1
                 else:
-                    failed += 1
-                    message = " ".join(str(record["error"]).split())  # one line, as documented
-                    record = {**record, "answer": None, "error": message}
-                    bar.warn(message if item.path in message else f"{item.path}: {message}")
+                    counts["failed"] += 1
+                    message = record["error"]
+                    bar.warn(message if task.item.path in message else f"{task.item.path}: {message}")
                 output.write(record)
                 bar.advance()
+            task.entry = None  # written: let the frames and embeddings go
+            written += 1
+
+    try:
+        while written < len(tasks):
+            schedule_ahead()
+            # Admit inputs in order while the core has room. Wait for frames only when the
+            # core would otherwise sit idle.
+            while admitted < len(tasks) and (core is None or core.has_room):
+                future = futures.get(admitted)
+                if future is not None and not future.done() and core is not None and core.busy:
+                    break
+                take_decoded(admitted)
+                submit(tasks[admitted])
+                admitted += 1
+                schedule_ahead()
+            if core is not None and core.busy:
+                try:
+                    core.step()
+                except Exception as exc:  # noqa: BLE001 - out of memory, or worse: fail what is in flight, go on
+                    for generation in list(running):
+                        core.cancel(generation, "error", _problem(exc))
+                collect()
+            write_ready()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        if core is not None:
+            for generation in list(running):
+                core.cancel(generation)
         bar.stop()
         output.close()
     elapsed = time.perf_counter() - started
+    answered, failed = counts["answered"], counts["failed"]
     summary = f"answered {answered} of {answered + failed}"
     if failed:
         summary += f" ({failed} failed)"
     notices.info(f"{summary} in {elapsed:.1f} s")
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+OUT_OF_MEMORY = "out of memory: try fewer --frames, a lower --parallel or a smaller model"
+
+
+def _problem(exc: BaseException) -> str:
+    """One input's failure as its line's error; Ctrl-C and exits are not a failure of the
+    input and end the run."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
+    if isinstance(exc, LlavaError):
+        return exc.message
+    if isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError":
+        return OUT_OF_MEMORY
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _record(path: str, question: str, model: str, entry) -> dict[str, Any]:

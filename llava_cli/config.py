@@ -40,6 +40,7 @@ DECODER_NAMES = DECODERS  # media/spec.py imports no PyAV
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
 ATTN_NAMES = ("auto", "sdpa", "flash", "eager")  # nn.attention.CHOICES, without importing torch here
 QUANTIZE_NAMES = ("none", "4bit", "4bit-dq", "8bit")  # nn.quant.CHOICES
+DEFAULT_PARALLEL = 8  # see the generation core's benchmark (bench/batch_parallel.py)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -59,6 +60,7 @@ class Setting:
     short: str = ""  # the flag's one-letter form, e.g. -f
     metavar: str = ""  # the flag's value in --help (bool flags have none)
     flag_help: str = ""  # the flag's line in --help
+    commands: tuple[str, ...] = ()  # the commands with the flag; () = ask, chat and batch
 
     @property
     def env(self) -> str:
@@ -117,6 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
                       "once). [default: 1024]"),
     Setting("system", str, "system prompt", unset_means="none", short="-s", metavar="TEXT",
             flag_help="System prompt."),
+    Setting("parallel", int, "questions llava batch answers at once (continuous batching: one decode step "
+            "for all of them)", DEFAULT_PARALLEL, minimum=1, metavar="N", commands=("batch",),
+            flag_help="Answer up to N questions at once: their decode steps are batched, and a finished "
+                      f"answer's slot goes to the next input at once. [default: {DEFAULT_PARALLEL}]"),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 

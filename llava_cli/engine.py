@@ -1,9 +1,15 @@
-"""The engine owns one loaded model and turns (media, question) into tokens and text.
+"""The engine owns one loaded model and turns (media, question) into prompts, and prompts
+into answers through the generation core (scheduler.py).
 
     engine = Engine.load("./LLaVA-NeXT-Video-7B-hf")
     prompt = engine.prepare([load_media("clip.mp4")], "why is this funny?")
-    for piece in engine.stream(prompt, engine.sampling()):
+    answer = engine.answer(prompt, engine.sampling())
+    for piece in answer:
         print(piece, end="")
+    answer.result.timings  # tokens, stop reason, timings: the request's own
+
+Many requests at once: ``core = engine.core(slots=8)``, ``core.submit(engine.request(…))``
+for each, then ``core.step()`` until they are done (what ``llava batch`` does).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 from .checkpoint import ST_ITEMSIZE
 from .errors import ModelError, PromptError
 from .families import Family, MediaInput, family_for
-from .generate import Sampling, decode_loop, eos_ids
+from .generate import NonFiniteLogits, Sampling, eos_ids
 from .loading import Checkpoint, load_weights, resolve_device, resolve_dtype
 from .nn.attention import resolve_backend
 from .nn.quant import Quantizer
@@ -28,13 +34,10 @@ from .validate import available_ram, gigabytes
 # Prompt positions per prefill pass: bounds the activations of a long video prompt
 # (a 32-frame NeXT-Video prompt is ~4,700 positions) at little cost in speed.
 DEFAULT_PREFILL_CHUNK = 1024
-# With a compiled decode step, KV cache capacities are rounded up to this, so prompts of
-# similar length share one buffer and one compiled graph instead of recompiling per prompt.
-# Uncompiled, the cache is exactly as long as needed: every position costs memory.
-CACHE_GRANULE = 256
 from .media import Media
 from .prompt import (BUILTIN_TEMPLATES, build_messages, builtin_template_for, compile_chat_template,
                      expand_placeholders, load_chat_template, render_compiled)
+from .scheduler import CACHE_GRANULE, Generation, Request, Result, Scheduler, Timings  # noqa: F401 (Timings: public here too)
 from .tokenizer import Tokenizer
 
 
@@ -67,24 +70,6 @@ class Prepared:
 
 
 @dataclass
-class Timings:
-    load_s: float = 0.0
-    encode_s: float = 0.0
-    prefill_s: float = 0.0  # the prompt's forward pass, up to the first answer token
-    decode_s: float = 0.0  # every answer token after the first
-    prompt_tokens: int = 0
-    answer_tokens: int = 0
-    stop_reason: str = ""  # "stop" (an end-of-turn token), "length" (the token limit), "interrupted"
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        """Decoding speed after the first token; None when there is nothing to measure."""
-        if self.answer_tokens < 2 or self.decode_s <= 0:
-            return None
-        return (self.answer_tokens - 1) / self.decode_s
-
-
-@dataclass
 class EngineStats:
     """Counters over an engine's life; tests use them to prove work is not repeated."""
 
@@ -105,8 +90,9 @@ class Engine:
                                                  ("eos_token", tokenizer.eos_token)) if v is not None}
         self.device = device
         self.dtype = dtype
-        self.timings = Timings()
+        self.load_s = 0.0  # seconds Engine.load took
         self.stats = EngineStats()
+        self._core: Scheduler | None = None
         # Called after each image or video is encoded (the CLI's --verbose notice).
         self.on_encode: Callable[[Media | None, MediaInput], None] | None = None
         self.stop_ids = eos_ids(checkpoint.generation.get("eos_token_id"),
@@ -152,7 +138,7 @@ class Engine:
         engine.set_prefill_chunk(prefill_chunk)
         if compile:
             model.text.compile_decode()
-        engine.timings.load_s = time.perf_counter() - started
+        engine.load_s = time.perf_counter() - started
         return engine
 
     @property
@@ -244,11 +230,6 @@ class Engine:
             raise PromptError(f"{message}, even with one frame per video; pass --long-video to stretch it")
         raise PromptError(f"{message}; use a shorter question or fewer images")
 
-    def _use_rope(self, prepared: Prepared) -> None:
-        rotary = self.model.text.rotary
-        if rotary.factor != prepared.rope_factor:
-            rotary.set_linear_factor(prepared.rope_factor)
-
     # -- model -------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_item(self, item: MediaInput, media: Media | None = None) -> torch.Tensor:
@@ -263,20 +244,16 @@ class Engine:
 
     def encode(self, media: Sequence[Media]) -> list[Encoded]:
         """Preprocess and encode media once, for use in any number of prompts
-        (``prepare(..., encoded=...)``); times the work in ``timings.encode_s``."""
-        started = time.perf_counter()
+        (``prepare(..., encoded=...)``)."""
         items = self.family.prepare(media)
-        encoded = [Encoded(m, item, self.encode_item(item, m)) for m, item in zip(media, items)]
-        self.timings.encode_s = time.perf_counter() - started
-        return encoded
+        return [Encoded(m, item, self.encode_item(item, m)) for m, item in zip(media, items)]
 
     @torch.inference_mode()
     def embed(self, prepared: Prepared) -> torch.Tensor:
-        """Token embeddings with media features spliced in: (1, L, hidden)."""
-        started = time.perf_counter()
-        text = self.model.text
+        """Token embeddings with media features spliced in: (L, hidden). Media without
+        features from ``encode`` is encoded here."""
         ids = torch.tensor(prepared.input_ids, device=self.device)
-        embeds = text.embed(ids)
+        embeds = self.model.text.embed(ids)
         by_id: dict[int, list[torch.Tensor]] = {}
         media = prepared.media if len(prepared.media) == len(prepared.items) else [None] * len(prepared.items)
         for index, item in enumerate(prepared.items):
@@ -288,71 +265,76 @@ class Engine:
         for token_id, features in by_id.items():
             mask = ids == token_id
             embeds[mask] = torch.cat(features)
-        if prepared.features is None:
-            self.timings.encode_s = time.perf_counter() - started
-        else:
-            self.timings.encode_s = 0.0
-        return embeds[None]
+        return embeds
 
-    @torch.inference_mode()
-    def logits(self, prepared: Prepared) -> torch.Tensor:
-        """Next-token logits after the whole prompt: (vocab,) float32."""
-        text = self.model.text
-        embeds = self.embed(prepared)
-        self._use_rope(prepared)
-        text.setup_cache(self._capacity(embeds.shape[1] + 1, prepared.context))
-        return text.prefill(embeds)[0, -1].float()
-
-    def _capacity(self, needed: int, context: int) -> int:
-        return cache_capacity(needed, context) if self.model.text.compiled else needed
-
+    # -- generation --------------------------------------------------------------------
     def sampling(self, **overrides) -> Sampling:
         return Sampling.resolve(self.checkpoint.generation, **overrides)
 
-    def generate(self, prepared: Prepared, sampling: Sampling) -> Iterator[int]:
-        """Token ids of the answer, as they are produced (stop token excluded)."""
-        embeds = self.embed(prepared)
-        text = self.model.text
-        self._use_rope(prepared)
-        capacity = min(embeds.shape[1] + sampling.max_new_tokens, prepared.context)
-        text.setup_cache(self._capacity(capacity, prepared.context))
-        self.timings.prompt_tokens = embeds.shape[1]
-        yield from self._timed(decode_loop(text, embeds, sampling, self.stop_ids, max_positions=capacity),
-                               sampling, limit=capacity - embeds.shape[1])
+    def core(self, slots: int = 1) -> Scheduler:
+        """The engine's generation core, with at least ``slots`` rows. One per engine: the
+        model has one KV cache, which every front door (ask, chat, batch) shares."""
+        core = self._core
+        if core is None or (core.slots < slots and not core.busy and not core.reserved):
+            core = self._core = Scheduler(self.model.text, slots)
+        elif core.slots < slots:
+            raise ModelError(f"the generation core is busy with {core.slots} slots; cannot widen it to {slots}")
+        return core
 
-    def _timed(self, tokens: Iterator[int], sampling: Sampling, *, limit: int) -> Iterator[int]:
-        """Pass tokens through, filling timings: prefill (to the first token), decode (the
-        rest), the count and why it stopped."""
-        timings = self.timings
-        timings.answer_tokens, timings.prefill_s, timings.decode_s = 0, 0.0, 0.0
-        timings.stop_reason = "interrupted"
+    def request(self, prepared: Prepared, sampling: Sampling, **options: Any) -> Request:
+        """A generation request for a prepared prompt (its media encoded now unless
+        ``prepare`` was given encoded media)."""
         started = time.perf_counter()
-        first = True
-        try:
-            for token in tokens:
-                if first:
-                    timings.prefill_s = time.perf_counter() - started
-                    started, first = time.perf_counter(), False
-                timings.answer_tokens += 1
-                yield token
-            at_limit = timings.answer_tokens >= min(sampling.max_new_tokens, limit)
-            timings.stop_reason = "length" if at_limit else "stop"
-        finally:
-            if first:
-                timings.prefill_s = time.perf_counter() - started
-            else:
-                timings.decode_s = time.perf_counter() - started
+        embeds = self.embed(prepared)
+        encode_s = time.perf_counter() - started if prepared.features is None else 0.0
+        return Request(embeds=embeds, sampling=sampling, stop_ids=self.stop_ids, context=prepared.context,
+                       rope_factor=prepared.rope_factor, encode_s=encode_s, **options)
 
-    def stream(self, prepared: Prepared, sampling: Sampling) -> Iterator[str]:
-        """Answer text in pieces, each printed as soon as it is final."""
-        decoder = self.tokenizer.stream()
-        for token in self.generate(prepared, sampling):
+    def answer(self, prepared: Prepared, sampling: Sampling) -> "Answer":
+        """One request through the core: its text in pieces as they come (``Answer``)."""
+        core = self.core()
+        return Answer(self, core, core.submit(self.request(prepared, sampling)))
+
+    @torch.inference_mode()
+    def logits(self, prepared: Prepared) -> torch.Tensor:
+        """Next-token logits after the whole prompt: (vocab,) float32 (the core's prefill,
+        then the request ends at once)."""
+        core = self.core()
+        sequence = core.submit(self.request(prepared, Sampling(max_new_tokens=1), keep_logits=True))
+        for _ in core.run(sequence):
+            pass
+        return sequence.result.logits
+
+
+class Answer:
+    """One request's answer as text pieces, each final once yielded; ``result`` holds its
+    tokens, stop reason and timings (complete once iteration ends). Closing it early, or
+    Ctrl-C while it runs, ends the request ("interrupted") and frees its slot."""
+
+    def __init__(self, engine: Engine, core: Scheduler, sequence: Generation) -> None:
+        self.engine, self.core, self.sequence = engine, core, sequence
+
+    @property
+    def result(self) -> Result:
+        return self.sequence.result
+
+    def tokens(self) -> Iterator[int]:
+        yield from self.core.run(self.sequence)
+        if self.result.error is not None:
+            raise NonFiniteLogits(self.result.error)
+
+    def __iter__(self) -> Iterator[str]:
+        decoder = self.engine.tokenizer.stream()
+        for token in self.tokens():
             piece = decoder.push(token)
             if piece:
                 yield piece
         tail = decoder.flush()
         if tail:
             yield tail
+
+    def text(self) -> str:
+        return "".join(self)
 
 
 def weight_bytes(checkpoint: Checkpoint, shards: Sequence[Path], dtype: torch.dtype,
@@ -416,9 +398,3 @@ def check_memory(checkpoint: Checkpoint, shards: Sequence[Path], device: torch.d
 
 
 _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
-
-
-def cache_capacity(needed: int, context: int) -> int:
-    """``needed`` positions rounded up to a CACHE_GRANULE, within the context (but never
-    below ``needed``)."""
-    return max(needed, min(context, -(-needed // CACHE_GRANULE) * CACHE_GRANULE))

@@ -1,9 +1,9 @@
-"""Decoding: samplers, stop rules and the prefill/decode loop over a TextModel."""
+"""Decoding rules: sampling settings, the sampler, stop ids. The loop that runs them is the
+generation core (scheduler.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import math
 
@@ -11,7 +11,6 @@ import torch
 
 from .errors import ModelError, UsageError
 from .validate import MAX_SEED
-from .nn.text import TextModel
 
 
 @dataclass(frozen=True)
@@ -131,36 +130,3 @@ def eos_ids(*sources: object) -> frozenset[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(v for v in value if isinstance(v, int) and not isinstance(v, bool))
     return frozenset(ids)
-
-
-@torch.inference_mode()
-def decode_loop(text: TextModel, embeds: torch.Tensor, sampling: Sampling, stop: Sequence[int] | frozenset[int],
-                *, start: int = 0, max_positions: int | None = None) -> Iterator[int]:
-    """Prefill ``embeds`` (1, L, hidden) at ``start``, then yield tokens until a stop id.
-
-    The stop token itself is not yielded. The KV cache must already hold room for
-    ``start + L + max_new_tokens`` positions (``TextModel.setup_cache``). Each token
-    after the first is one ``TextModel.decode`` call on two preallocated buffers (token
-    id, position): no tensor is built from Python values in the loop, and the step's
-    shapes never change, which is what lets ``--compile`` capture it once.
-    """
-    sampler = Sampler(sampling, embeds.device)
-    length = embeds.shape[1]
-    logits = text.prefill(embeds, start=start)[0, -1]
-    position = start + length
-    limit = sampling.max_new_tokens
-    if max_positions is not None:
-        limit = min(limit, max_positions - position)
-    token_buffer = torch.zeros((1, 1), dtype=torch.long, device=embeds.device)
-    position_buffer = torch.zeros((1,), dtype=torch.long, device=embeds.device)
-    for step in range(limit):
-        token = sampler(logits)
-        if token in stop:
-            return
-        yield token
-        if step == limit - 1:
-            return
-        token_buffer.fill_(token)
-        position_buffer.fill_(position)
-        logits = text.decode(token_buffer, position_buffer)[0]
-        position += 1

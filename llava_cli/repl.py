@@ -234,7 +234,8 @@ class Repl:
     def _stats(self) -> None:
         if not self.notices.verbose:
             return
-        timings, last = self.session.engine.timings, self.session.last
+        last = self.session.last
+        timings = last.timings
         rate = f", {timings.tokens_per_s:.1f} tokens/s" if timings.tokens_per_s else ""
         self.notices.detail(
             f"prompt {last.prompt_tokens} tokens ({last.reused_tokens} already in the cache), "

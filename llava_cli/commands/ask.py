@@ -52,8 +52,9 @@ def ask(
     if prepared.stretch_notice:
         notices.warn(prepared.stretch_notice)
     writer = AnswerWriter(live=not (no_stream or json_output))
+    answer = engine.answer(prepared, sampling)
     try:
-        for piece in engine.stream(prepared, sampling):
+        for piece in answer:
             writer.write(piece)
     except BaseException:
         if writer.wrote and not json_output:
@@ -61,16 +62,16 @@ def ask(
         raise
     if not json_output:
         writer.end()
-    timings = engine.timings
+    timings = answer.result.timings
+    timings.load_s = engine.load_s
     _verbose_timings(notices, timings)
     if json_output:
-        typer.echo(json.dumps(_ask_json(run, writer.text, media, media_s), ensure_ascii=False))
+        typer.echo(json.dumps(_ask_json(run, writer.text, media, media_s, timings), ensure_ascii=False))
 
 
-def _ask_json(run: Run, answer: str, media: list, media_s: float) -> dict:
+def _ask_json(run: Run, answer: str, media: list, media_s: float, timings) -> dict:
     from ..schema import media_record
 
-    timings = run.engine.timings
     return {
         "answer": answer,
         "model": run.model_name,

@@ -65,7 +65,8 @@ def batch(
     run = Run.create(options)
     notices = run.notices
     job = batch_mod.BatchOptions(questions=questions, output=output, resume=resume, overwrite=overwrite,
-                                 model_name="", system=run.settings.system, long_video=options.long_video)
+                                 model_name="", system=run.settings.system, long_video=options.long_video,
+                                 parallel=run.settings.parallel)
     batch_mod.check_output(job)
     inputs, skipped = batch_mod.expand_inputs(inputs_args, warn=notices.warn)
     if skipped:

@@ -36,10 +36,11 @@ class SharedOption:
     name: str  # the parameter, and the RunOptions field
     annotation: Any
     declaration: Any  # typer.Option(...)
+    commands: tuple[str, ...] = ()  # the commands that take it; () = all (ask, chat, batch)
 
 
-def _option(name: str, annotation: Any, *args: Any, **kwargs: Any) -> SharedOption:
-    return SharedOption(name, annotation, typer.Option(*args, **kwargs))
+def _option(name: str, annotation: Any, *args: Any, commands: tuple[str, ...] = (), **kwargs: Any) -> SharedOption:
+    return SharedOption(name, annotation, typer.Option(*args, **kwargs), commands)
 
 
 def _from_setting(setting: config.Setting) -> SharedOption:
@@ -51,7 +52,7 @@ def _from_setting(setting: config.Setting) -> SharedOption:
         names = (setting.flag, *((setting.short,) if setting.short else ()))
     extra = {"metavar": setting.metavar} if setting.metavar else {}
     return _option(setting.key, Optional[setting.kind], None, *names, show_default=False,
-                   help=setting.flag_help, **extra)
+                   help=setting.flag_help, commands=setting.commands, **extra)
 
 
 # The shared options that are not settings (no config.toml key, no LLAVA_* variable), each
@@ -90,28 +91,34 @@ SHARED: Any = object()  # the default of a command's ``options`` parameter: "put
 
 
 def shared_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Replace the command's ``options`` parameter by the shared options, and call it with
-    them gathered into one ``RunOptions``."""
+    """Replace the command's ``options`` parameter by the shared options it takes (those
+    whose ``commands`` name it, or all commands), and call it with them gathered into one
+    ``RunOptions`` (an option the command does not take is None there)."""
     signature = inspect.signature(command)
     hints = typing.get_type_hints(command)
+
+    def takes(option: SharedOption) -> bool:
+        return not option.commands or command.__name__ in option.commands
 
     def parameter(option: SharedOption) -> inspect.Parameter:
         return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.declaration,
                                  annotation=option.annotation)
 
+    run_options = [o for o in RUN_OPTIONS if takes(o)]
     parameters: list[inspect.Parameter] = []
     for param in signature.parameters.values():
         if param.name == "options":
-            parameters += [parameter(o) for o in RUN_OPTIONS]
+            parameters += [parameter(o) for o in run_options]
         else:
             parameters.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY,
                                             annotation=hints.get(param.name, param.annotation)))
     parameters += [parameter(o) for o in OUTPUT_OPTIONS]
-    names = [o.name for o in (*RUN_OPTIONS, *OUTPUT_OPTIONS)]
+    names = [o.name for o in (*run_options, *OUTPUT_OPTIONS)]
+    absent = {o.name: None for o in RUN_OPTIONS if not takes(o)}
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        options = RunOptions(**{name: kwargs.pop(name) for name in names})
+        options = RunOptions(**absent, **{name: kwargs.pop(name) for name in names})
         return command(**kwargs, options=options)
 
     wrapper.__signature__ = signature.replace(parameters=parameters, return_annotation=None)

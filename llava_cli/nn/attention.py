@@ -114,9 +114,9 @@ def _flash(q, k, v, *, causal: bool, window: int | None):
 def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
                   backend: str = "sdpa") -> torch.Tensor:
     """Decode-step attention over a whole static cache: q (B, H, 1, D), k/v (B, Hkv, C, D),
-    ``mask`` (C,) bool of the slots the query sees. FlashAttention's kernel wants the cache
-    in its own layout, so a flash model decodes through SDPA here (same maths)."""
-    mask = mask.view(1, 1, 1, -1)
+    ``mask`` (B, C) bool of the positions each row's query sees. FlashAttention's kernel
+    wants the cache in its own layout, so a flash model decodes through SDPA here (same maths)."""
+    mask = mask[:, None, None, :]
     if backend == "eager":
         return _eager(q, k, v, mask, False)
     batch, heads, _, dim = q.shape

@@ -63,7 +63,7 @@ def test_transformers_never_imported(tiny, clip):
         "from llava_cli.media import load_media\n"
         f"engine = Engine.load({str(tiny)!r}, device='cpu')\n"
         f"prepared = engine.prepare([load_media({str(clip)!r})], 'why?')\n"
-        "text = ''.join(engine.stream(prepared, engine.sampling(max_new_tokens=5)))\n"
+        "text = ''.join(engine.answer(prepared, engine.sampling(max_new_tokens=5)))\n"
         "from llava_cli import cli\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'torchvision')))\n"
     )

@@ -180,15 +180,15 @@ def test_first_upload_config_with_stray_rope_keys(trained_pair, media_dir, tmp_p
 def test_stream_pieces_join_to_the_decode(trained_pair, media_dir):
     prepared, _ = case_inputs(trained_pair, media_dir, "image+video")
     sampling = Sampling(max_new_tokens=40, temperature=1.5, seed=3)
-    tokens = list(trained_pair.engine.generate(prepared, sampling))
-    pieces = list(trained_pair.engine.stream(prepared, sampling))
+    tokens = list(trained_pair.engine.answer(prepared, sampling).tokens())
+    pieces = list(trained_pair.engine.answer(prepared, sampling))
     assert "".join(pieces) == trained_pair.engine.tokenizer.decode(tokens)
     assert len(pieces) > 1
 
 
 def test_sampling_is_seeded(trained_pair, media_dir):
     prepared, _ = case_inputs(trained_pair, media_dir, "text-only")
-    run = lambda seed: list(trained_pair.engine.generate(prepared, Sampling(max_new_tokens=15, temperature=1.0,
-                                                                          top_p=0.9, top_k=50, seed=seed)))
+    run = lambda seed: list(trained_pair.engine.answer(prepared, Sampling(max_new_tokens=15, temperature=1.0,
+                                                                          top_p=0.9, top_k=50, seed=seed)).tokens())
     assert run(1) == run(1)
     assert run(1) != run(2)

@@ -217,8 +217,36 @@ def check_outputs(engine: Engine, ref_model, prepared, ref, *, min_distinct: int
             engine.set_prefill_chunk(setup[1])
             ours_logits = engine.logits(prepared)
             assert (ours_logits - ref_logits).abs().max().item() <= LOGITS_TOL, setup
-            ours_tokens = list(engine.generate(prepared, Sampling(max_new_tokens=NEW_TOKENS)))
+            ours_tokens = list(engine.answer(prepared, Sampling(max_new_tokens=NEW_TOKENS)).tokens())
             assert ours_tokens == ref_tokens, setup
+            batched_logits, batched_tokens = run_batched(engine, prepared)
+            assert (batched_logits - ref_logits).abs().max().item() <= LOGITS_TOL, ("batched", setup)
+            assert batched_tokens == ref_tokens, ("batched", setup)
     finally:
         engine.set_attention(backend)
         engine.set_prefill_chunk(chunk)
+
+
+FILLERS = ("Hi.", "Tell me everything you know about the history of the bicycle, in detail, please, "
+                  "from the first designs to the racing machines of today.")
+
+
+def run_batched(engine: Engine, prepared) -> tuple[torch.Tensor, list[int]]:
+    """The case's first-token logits and greedy tokens when it shares the generation core
+    with other sequences of different lengths: a long filler already decoding when the
+    case joins mid-flight, a short one that joins with it and finishes early (3 tokens),
+    and the case's own prompt a second time, sampled. Every sequence has its own row and
+    positions; none may change another's numbers."""
+    core = engine.core(4)
+    long_filler = core.submit(engine.request(engine.prepare([], FILLERS[1]), Sampling(max_new_tokens=NEW_TOKENS)))
+    for _ in range(3):
+        core.step()
+    assert not long_filler.done and long_filler.result.tokens, "the filler should be decoding when the case joins"
+    case = core.submit(engine.request(prepared, Sampling(max_new_tokens=NEW_TOKENS), keep_logits=True))
+    short = core.submit(engine.request(engine.prepare([], FILLERS[0]), Sampling(max_new_tokens=3)))
+    twin = core.submit(engine.request(prepared, Sampling(max_new_tokens=NEW_TOKENS, temperature=1.0, seed=5)))
+    while core.busy:
+        core.step()
+    assert short.result.stop_reason in ("stop", "length") and len(short.result.tokens) <= 3
+    assert twin.done and long_filler.done
+    return case.result.logits, case.result.tokens

@@ -35,8 +35,14 @@ def answer(session: ChatSession, question: str, sampling: Sampling = GREEDY) -> 
 def step_logits(session: ChatSession, question: str) -> torch.Tensor:
     """The next-token logits of every step of one turn: (steps, vocab)."""
     captured = []
-    hook = session.engine.model.text.lm_head.register_forward_hook(
-        lambda module, inputs, output: captured.append(output[0, -1].detach().clone()))
+
+    def capture(module, inputs, output) -> None:
+        # A prefill pass has the session's sequence alone (batch 1); a decode step has
+        # every row of the KV cache, the session's at its reserved row.
+        row = 0 if output.shape[0] == 1 else session._row
+        captured.append(output[row, -1].detach().clone())
+
+    hook = session.engine.model.text.lm_head.register_forward_hook(capture)
     try:
         answer(session, question)
     finally:
@@ -61,18 +67,20 @@ def test_grow_cache_keeps_contents():
     cfg = TextConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2,
                      num_kv_heads=1, head_dim=4, rms_norm_eps=1e-6, rope_theta=10000.0)
     model = TextModel(cfg)
-    model.setup_cache(4)
-    for block in model.layers:
-        block.attn.k_cache.normal_()
-        block.attn.v_cache.normal_()
-    before = [(b.attn.k_cache.clone(), b.attn.v_cache.clone()) for b in model.layers]
+    model.setup_cache(4, rows=2)
+    model.cache.k.normal_()
+    model.cache.v.normal_()
+    k, v = model.cache.k[:, :, :, :4].clone(), model.cache.v[:, :, :, :4].clone()
     model.grow_cache(9)
-    assert model.cache_capacity == 9
-    for block, (k, v) in zip(model.layers, before):
-        assert block.attn.k_cache.shape[2] == 9
-        assert torch.equal(block.attn.k_cache[:, :, :4], k) and torch.equal(block.attn.v_cache[:, :, :4], v)
+    assert model.cache_capacity == 9 and model.cache.rows == 2
+    assert model.cache.k.shape[3] == 9 + 1  # and the scratch column
+    assert torch.equal(model.cache.k[:, :, :, :4], k) and torch.equal(model.cache.v[:, :, :, :4], v)
+    model.grow_cache(9, rows=3)  # more slots: every row's contents stay, the new row is empty
+    assert model.cache.rows == 3
+    assert torch.equal(model.cache.k[:, :2, :, :4], k) and torch.equal(model.cache.v[:, :2, :, :4], v)
+    assert not model.cache.k[:, 2].any()
     model.grow_cache(5)  # never shrinks
-    assert model.cache_capacity == 9
+    assert model.cache_capacity == 9 and model.cache.rows == 3
 
 
 def test_cached_turns_match_a_full_prefill(engine, media_files):
@@ -82,8 +90,14 @@ def test_cached_turns_match_a_full_prefill(engine, media_files):
     chat, cache = new_session(engine)
     chat.attach(cache.load(clip, spec))
     first = step_logits(chat, "Why is this funny?")
-    second = step_logits(chat, "And then what?")
+    prefilled = []  # positions of each prefill pass of the second turn (decode steps are not forward calls)
+    hook = engine.model.text.register_forward_pre_hook(lambda module, args: prefilled.append(args[0].shape[1]))
+    try:
+        second = step_logits(chat, "And then what?")
+    finally:
+        hook.remove()
     assert chat.last.reused_tokens > 0.9 * chat.last.prompt_tokens
+    assert sum(prefilled) == chat.last.prompt_tokens - chat.last.reused_tokens  # only the new turn ran
     assert engine.stats.media_encoded - before == 1
 
     # The first turn is exactly the one-shot prompt of `llava ask`.

@@ -60,11 +60,11 @@ def test_compiled_decode_gives_identical_greedy_tokens(swa_model, tmp_path):
     greedy = Sampling(max_new_tokens=24)
     for media in ([load_media(photo)], []):
         prepared = plain.prepare(media, "What is in the picture?")
-        expected = list(plain.generate(prepared, greedy))
+        expected = list(plain.answer(prepared, greedy).tokens())
         assert len(expected) == 24 and len(set(expected)) >= 3, "a continuation too uniform to compare"
-        assert list(compiled.generate(compiled.prepare(media, "What is in the picture?"), greedy)) == expected
+        assert list(compiled.answer(compiled.prepare(media, "What is in the picture?"), greedy).tokens()) == expected
         # The captured graph is reused for the next answer on the same cache.
-        assert list(compiled.generate(prepared, greedy)) == expected
+        assert list(compiled.answer(prepared, greedy).tokens()) == expected
 
 
 # -- the decode loop builds nothing per token ------------------------------------------------------
@@ -89,7 +89,7 @@ class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def _steady_ops(engine: Engine, prepared, tokens: int) -> _OpLog:
-    stream = engine.generate(prepared, Sampling(max_new_tokens=64))
+    stream = engine.answer(prepared, Sampling(max_new_tokens=64)).tokens()
     next(stream), next(stream)  # prefill and the first decode step are behind us
     log = _OpLog()
     with log:
@@ -103,7 +103,7 @@ def test_the_decode_loop_allocates_nothing_per_token(engine, media_files):
     prepared = engine.prepare([load_media(media_files["clip"], num_frames=4)], "Why is this funny?")
     short, long = _steady_ops(engine, prepared, 5), _steady_ops(engine, prepared, 15)
     assert not short.factories and not long.factories, long.factories
-    assert long.ops["aten.index_copy_.default"] > 0  # the cache is written in place
+    assert long.ops["aten.index_put_.default"] > 0  # the cache is written in place
     # Each token costs the same ops: nothing grows with the answer.
     assert {op: 3 * n for op, n in short.ops.items()} == dict(long.ops)
 
@@ -112,15 +112,15 @@ def test_the_decode_step_reuses_its_buffers(engine, media_files):
     seen = []
     text = engine.model.text
     original = text._decode
-    text._decode = lambda token, position: (seen.append((token, position)), original(token, position))[1]
+    text._decode = lambda *buffers: (seen.append(buffers), original(*buffers))[1]
     try:
         prepared = engine.prepare([load_media(media_files["image"])], "Describe it.")
-        tokens = list(engine.generate(prepared, Sampling(max_new_tokens=8)))
+        tokens = list(engine.answer(prepared, Sampling(max_new_tokens=8)).tokens())
     finally:
         text._decode = original
     assert len(tokens) == 8 and len(seen) == 7
-    assert all(token is seen[0][0] and position is seen[0][1] for token, position in seen)
-    assert [int(position) for _, position in seen][-1] == len(prepared.input_ids) + 6
+    assert all(all(b is first for b, first in zip(buffers, seen[0])) for buffers in seen)
+    assert [int(positions[0]) for _, positions, _ in seen][-1] == len(prepared.input_ids) + 6
 
 
 # -- chunked prefill ---------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_chunked_prefill_matches_and_bounds_the_activations(engine, media_files)
         for chunk in (0, 1024, 97, 16):
             widest.clear()
             engine.set_prefill_chunk(chunk)
-            results[chunk] = (engine.logits(prepared), text.layers[-1].attn.k_cache[:, :, :length].clone())
+            results[chunk] = (engine.logits(prepared), text.cache.k[-1, 0, :, :length].clone())
             assert max(widest) == (min(chunk, length) if chunk else length)
     finally:
         hook.remove()
@@ -302,7 +302,7 @@ def test_4bit_computes_what_its_dequantized_weights_compute(quantized, engine, t
         expected = dequantized.logits(dequantized.prepare(media, "Describe it."))
         wiring, quantization = (ours - expected).abs().max().item(), (ours - original).abs().max().item()
         assert wiring <= 0.1 * quantization, (mode, wiring, quantization)
-        assert list(q.generate(prepared, Sampling(max_new_tokens=6)))  # and it answers
+        assert list(q.answer(prepared, Sampling(max_new_tokens=6)).tokens())  # and it answers
 
 
 def test_8bit_stays_close_to_the_float_model(quantized, engine, media_files):
@@ -361,7 +361,7 @@ def test_gpu_4bit_peak_memory_is_under_40_percent_of_bf16(tmp_path):
         torch.cuda.reset_peak_memory_stats()
         engine = Engine.load(folder, device="cuda", dtype="bfloat16", quantize=mode)
         prepared = engine.prepare([], "Describe a cat.")
-        list(engine.generate(prepared, Sampling(max_new_tokens=8)))
+        list(engine.answer(prepared, Sampling(max_new_tokens=8)).tokens())
         peaks[mode] = torch.cuda.max_memory_allocated()
         del engine
     assert peaks["4bit"] <= 0.4 * peaks[None], peaks
@@ -387,5 +387,5 @@ def test_gpu_compiled_decode_gives_identical_greedy_tokens(swa_model):
     plain = Engine.load(swa_model, device="cuda", dtype="float32")
     compiled = Engine.load(swa_model, device="cuda", dtype="float32", compile=True)
     greedy = Sampling(max_new_tokens=24)
-    expected = list(plain.generate(plain.prepare([], "Tell me a story."), greedy))
-    assert list(compiled.generate(compiled.prepare([], "Tell me a story."), greedy)) == expected
+    expected = list(plain.answer(plain.prepare([], "Tell me a story."), greedy).tokens())
+    assert list(compiled.answer(compiled.prepare([], "Tell me a story."), greedy).tokens()) == expected
