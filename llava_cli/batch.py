@@ -258,7 +258,7 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
         task.records[number] = record
 
     def take_decoded(index: int) -> None:
-        """The input's frames (waiting for them), encoded; or its error."""
+        """The input's frames (waiting for them), or its error."""
         task = tasks[index]
         if task.error is not None:
             return
@@ -267,9 +267,25 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
             for note in task.entry.media.notices:
                 notices.warn(note)
             notices.detail(task.entry.media.describe())
-            cache.encode(task.entry)
         except BaseException as exc:  # noqa: BLE001 - one bad input must not end the run
             task.entry, task.error = None, _problem(exc)
+
+    def encode(group: list[_Task]) -> None:
+        """The group's media through the vision tower together; if that fails, each one
+        alone, so the error lands on the input that caused it."""
+        ready = [task for task in group if task.error is None]
+        try:
+            cache.encode_many([task.entry for task in ready])
+            return
+        except BaseException as exc:  # noqa: BLE001
+            if len(ready) == 1:
+                ready[0].entry, ready[0].error = None, _problem(exc)
+                return
+        for task in ready:
+            try:
+                cache.encode(task.entry)
+            except BaseException as exc:  # noqa: BLE001
+                task.entry, task.error = None, _problem(exc)
 
     def submit(task: _Task) -> None:
         if task.error is None:
@@ -316,16 +332,24 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
     try:
         while written < len(tasks):
             schedule_ahead()
-            # Admit inputs in order while the core has room. Wait for frames only when the
-            # core would otherwise sit idle.
-            while admitted < len(tasks) and (core is None or core.has_room):
+            # Admit inputs in order while the core has room, those whose frames are ready
+            # together as one group (one vision pass). Wait for frames only when the core
+            # would otherwise sit idle.
+            room = len(tasks) if core is None else core.room
+            group: list[_Task] = []
+            while admitted < len(tasks) and len(group) < room:
                 future = futures.get(admitted)
-                if future is not None and not future.done() and core is not None and core.busy:
+                if future is not None and not future.done() and core is not None and (core.busy or group):
                     break
                 take_decoded(admitted)
-                submit(tasks[admitted])
+                group.append(tasks[admitted])
                 admitted += 1
                 schedule_ahead()
+            if group:
+                if core is not None:
+                    encode(group)
+                for task in group:
+                    submit(task)
             if core is not None and core.busy:
                 try:
                     core.step()

@@ -231,22 +231,26 @@ class Engine:
         raise PromptError(f"{message}; use a shorter question or fewer images")
 
     # -- model -------------------------------------------------------------------------
-    @torch.inference_mode()
     def encode_item(self, item: MediaInput, media: Media | None = None) -> torch.Tensor:
         """One preprocessed image or video → its embeddings (num_tokens, text hidden)."""
-        features = self.family.encode(self.model, item).to(self.model.text.embed.weight.dtype)
-        if features.shape[0] != item.num_tokens:
-            raise ModelError(f"{item.kind} produced {features.shape[0]} features for {item.num_tokens} tokens")
-        self.stats.media_encoded += 1
-        if self.on_encode is not None:
-            self.on_encode(media, item)
-        return features
+        return self.encode_items([item], [media])[0]
 
-    def encode(self, media: Sequence[Media]) -> list[Encoded]:
-        """Preprocess and encode media once, for use in any number of prompts
-        (``prepare(..., encoded=...)``)."""
-        items = self.family.prepare(media)
-        return [Encoded(m, item, self.encode_item(item, m)) for m, item in zip(media, items)]
+    @torch.inference_mode()
+    def encode_items(self, items: Sequence[MediaInput],
+                     media: Sequence[Media | None] | None = None) -> list[torch.Tensor]:
+        """Preprocessed images and videos → their embeddings, in order. Views of the same
+        size (frames, tiles) of all the items go through the vision tower together, in
+        passes bounded by its views-per-pass limit (``Family.encode_many``)."""
+        media = list(media) if media is not None else [None] * len(items)
+        dtype = self.model.text.embed.weight.dtype
+        out = [features.to(dtype) for features in self.family.encode_many(self.model, items)]
+        for item, features, source in zip(items, out, media):
+            if features.shape[0] != item.num_tokens:
+                raise ModelError(f"{item.kind} produced {features.shape[0]} features for {item.num_tokens} tokens")
+            self.stats.media_encoded += 1
+            if self.on_encode is not None:
+                self.on_encode(source, item)
+        return out
 
     @torch.inference_mode()
     def embed(self, prepared: Prepared) -> torch.Tensor:

@@ -204,10 +204,13 @@ class Scheduler:
         return len(self.waiting) + len(self.prefilling) + len(self.decoding)
 
     @property
+    def room(self) -> int:
+        """How many more requests the next step would admit (free rows not yet claimed)."""
+        return len(self.free) - sum(1 for s in self.waiting if s.request.slot is None)
+
+    @property
     def has_room(self) -> bool:
-        """Whether a new request would be admitted at the next step (a free row for it)."""
-        unreserved_waiting = sum(1 for s in self.waiting if s.request.slot is None)
-        return len(self.free) > unreserved_waiting
+        return self.room > 0
 
     # -- running -----------------------------------------------------------------------
     @torch.inference_mode()

@@ -138,12 +138,21 @@ class MediaCache:
 
     def encode(self, entry: MediaEntry) -> Encoded:
         """The entry's embeddings, computed on first use only."""
-        if entry.features is None:
-            started = time.perf_counter()
-            item = self.prepare(entry)
-            entry.features = self.engine.encode_item(item, entry.media)
-            entry.encode_s = time.perf_counter() - started
+        self.encode_many([entry])
         return entry.encoded
+
+    def encode_many(self, entries: list[MediaEntry]) -> None:
+        """Encode the entries not encoded yet, together (one vision pass for views of the
+        same size); each entry's ``encode_s`` is its share of the time."""
+        todo = [entry for entry in entries if entry.features is None]
+        if not todo:
+            return
+        started = time.perf_counter()
+        items = [self.prepare(entry) for entry in todo]
+        features = self.engine.encode_items(items, [entry.media for entry in todo])
+        share = (time.perf_counter() - started) / len(todo)
+        for entry, encoded in zip(todo, features):
+            entry.features, entry.encode_s = encoded, share
 
 
 # ---------------------------------------------------------------------------------------

@@ -126,9 +126,47 @@ class Family:
     def prepare_video(self, frames: np.ndarray) -> MediaInput:
         raise ModelError(f"{self.title} does not take videos")
 
-    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
-        """MediaInput → (num_tokens, text_hidden) embeddings."""
+    def encode(self, model: nn.Module, item: MediaInput, *, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """MediaInput → (num_tokens, text_hidden) embeddings. ``hidden``: the tower's raw
+        output for ``item.pixels`` when already computed (``encode_many``), so the tower
+        is not run again."""
         raise NotImplementedError
+
+    def tower(self, model: nn.Module, item: MediaInput) -> nn.Module:
+        """The vision tower ``item`` goes through (one for every kind unless a family has
+        a tower per kind)."""
+        return model.vision
+
+    def run_tower(self, model: nn.Module, item: MediaInput, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """The tower's raw output for ``item.pixels``: ``hidden`` when the caller already
+        has it, else one tower call on the pixels moved to the tower's device."""
+        if hidden is not None:
+            return hidden
+        tower = self.tower(model, item)
+        return tower(item.pixels.to(tower.patch_embed.weight.device))
+
+    def encode_many(self, model: nn.Module, items: Sequence[MediaInput]) -> list[torch.Tensor]:
+        """``[self.encode(model, item) for item in items]``, with one tower call per
+        (tower, view shape) instead of one per item: a prompt's images and video frames
+        then share the tower's passes (it still takes ``views_per_pass`` views at a time,
+        which bounds activation memory), so few-view items do not each pay a pass."""
+        import torch
+
+        groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+        towers: dict[int, nn.Module] = {}
+        for index, item in enumerate(items):
+            tower = self.tower(model, item)
+            towers[id(tower)] = tower
+            groups.setdefault((id(tower), tuple(item.pixels.shape[1:])), []).append(index)
+        hidden: list[torch.Tensor | None] = [None] * len(items)
+        for (tower_id, _), indices in groups.items():
+            tower = towers[tower_id]
+            device = tower.patch_embed.weight.device
+            pixels = [items[i].pixels.to(device) for i in indices]
+            output = tower(pixels[0] if len(pixels) == 1 else torch.cat(pixels))
+            for index, part in zip(indices, output.split([p.shape[0] for p in pixels])):
+                hidden[index] = part
+        return [self.encode(model, item, hidden=h) for item, h in zip(items, hidden)]
 
     def video_tokens(self, num_frames: int) -> int:
         """Placeholder tokens a video of ``num_frames`` frames expands to."""

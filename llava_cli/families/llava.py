@@ -41,9 +41,8 @@ class Llava(Family):
         height, width = image.shape[:2]
         return MediaInput("image", pixels, self.tokens_per_view, self.token_ids()["image"], (height, width))
 
-    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
+    def encode(self, model: nn.Module, item: MediaInput, *, hidden: torch.Tensor | None = None) -> torch.Tensor:
         if item.kind != "image":
             raise ModelError(f"{self.title} does not take {item.kind}s")
-        tower = model.vision
-        features = self.select_features(tower(item.pixels.to(tower.patch_embed.weight.device)))
+        features = self.select_features(self.run_tower(model, item, hidden))
         return model.projector(features).reshape(-1, model.projector.fc2.out_features)

@@ -62,29 +62,29 @@ class LlavaNext(Family):
         return MediaInput("image", pixels, self.image_tokens(height, width),
                           self.token_ids()["image"], (height, width))
 
-    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
+    def encode(self, model: nn.Module, item: MediaInput, *, hidden: torch.Tensor | None = None) -> torch.Tensor:
         if item.kind != "image":
             raise ModelError(f"{self.title} does not take {item.kind}s")
-        return self.encode_anyres(model, item)
+        return self.encode_anyres(model, item, hidden=hidden)
 
-    def encode_anyres(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
-        tower = model.vision
-        features = self.select_features(tower(item.pixels.to(tower.patch_embed.weight.device)))
+    def encode_anyres(self, model: nn.Module, item: MediaInput, *,
+                      hidden: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.select_features(self.run_tower(model, item, hidden))
         features = model.projector(features)  # (views, tokens, hidden)
         base, tiles = features[0], features[1:]
         grid = self.vision_config.grid
         tile_px = self.vision_config.image_size
         rows_px, cols_px = px.select_best_resolution(*item.size, self.pinpoints)
         rows, cols = rows_px // tile_px, cols_px // tile_px
-        hidden = features.shape[-1]
-        # (rows, cols, grid, grid, hidden) → one (hidden, rows*grid, cols*grid) map
-        fmap = tiles.reshape(rows, cols, grid, grid, hidden).permute(4, 0, 2, 1, 3)
-        fmap = fmap.reshape(hidden, rows * grid, cols * grid)
+        width = features.shape[-1]
+        # (rows, cols, grid, grid, width) → one (width, rows*grid, cols*grid) map
+        fmap = tiles.reshape(rows, cols, grid, grid, width).permute(4, 0, 2, 1, 3)
+        fmap = fmap.reshape(width, rows * grid, cols * grid)
         keep_h, keep_w = px.unpadded_shape(*item.size, rows * grid, cols * grid)
         top, left = (rows * grid - keep_h) // 2, (cols * grid - keep_w) // 2
         fmap = fmap[:, top:top + keep_h, left:left + keep_w]
         fmap = self.reduce_feature_map(fmap)
-        newline = model.image_newline.to(fmap.dtype)[:, None, None].expand(hidden, fmap.shape[1], 1)
+        newline = model.image_newline.to(fmap.dtype)[:, None, None].expand(width, fmap.shape[1], 1)
         fmap = torch.cat((fmap, newline), dim=2)  # one newline column per row
         return torch.cat((base, fmap.flatten(1).transpose(0, 1)), dim=0)
 

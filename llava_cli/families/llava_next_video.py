@@ -56,17 +56,16 @@ class LlavaNextVideo(LlavaNext):
         return MediaInput("video", pixels, self.video_tokens(len(frames)),
                           self.token_ids()["video"], tuple(frames.shape[1:3]))
 
-    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
+    def encode(self, model: nn.Module, item: MediaInput, *, hidden: torch.Tensor | None = None) -> torch.Tensor:
         if item.kind == "image":
-            return self.encode_anyres(model, item)
-        tower = model.vision
-        features = self.select_features(tower(item.pixels.to(tower.patch_embed.weight.device)))
-        frames, tokens, hidden = features.shape
+            return self.encode_anyres(model, item, hidden=hidden)
+        features = self.select_features(self.run_tower(model, item, hidden))
+        frames, tokens, width = features.shape
         grid = self.vision_config.grid
         if tokens != grid * grid:
             raise ModelError(f"{self.title} video pooling needs the class token dropped "
                              f"(vision_feature_select_strategy 'default')")
-        fmap = features.transpose(1, 2).reshape(frames, hidden, grid, grid)
+        fmap = features.transpose(1, 2).reshape(frames, width, grid, grid)
         pool = F.avg_pool2d if self.pool_mode == "average" else F.max_pool2d
         fmap = pool(fmap, kernel_size=self.pool_stride, stride=self.pool_stride)
         pooled = fmap.flatten(2).transpose(1, 2)  # (frames, pooled tokens, vision hidden)

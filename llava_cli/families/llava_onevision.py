@@ -260,17 +260,16 @@ class LlavaOnevision(LlavaNext):
                           tuple(frames.shape[1:3]))
 
     # -- features ----------------------------------------------------------------------
-    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
+    def encode(self, model: nn.Module, item: MediaInput, *, hidden: torch.Tensor | None = None) -> torch.Tensor:
         if item.kind == "video":
-            return self.encode_video(model, item)
+            return self.encode_video(model, item, hidden=hidden)
         if item.pixels.shape[0] == 1:  # one square view: its tokens, then one newline
-            features = self._project(model, item.pixels)[0]
+            features = self._project(model, item, hidden)[0]
             return torch.cat((features, model.image_newline[None].to(features.dtype)), dim=0)
-        return self.encode_anyres(model, item)
+        return self.encode_anyres(model, item, hidden=hidden)
 
-    def _project(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-        tower = model.vision
-        return model.projector(self.select_features(tower(pixels.to(tower.patch_embed.weight.device))))
+    def _project(self, model: nn.Module, item: MediaInput, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        return model.projector(self.select_features(self.run_tower(model, item, hidden)))
 
     def reduce_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
         """anyres_max: shrink a (hidden, h′, w′) map bilinearly when it exceeds N tiles by 10%."""
@@ -281,14 +280,15 @@ class LlavaOnevision(LlavaNext):
         # align_corners=False, no antialias: 4.48.3's interpolate(..., mode="bilinear").
         return F.interpolate(fmap[None], size=list(new), mode="bilinear")[0]
 
-    def encode_video(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
+    def encode_video(self, model: nn.Module, item: MediaInput, *,
+                     hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Per frame: SigLIP → projector → 27×27 map → bilinear to 14×14; then one newline."""
-        features = self._project(model, item.pixels)  # (frames, tokens, text hidden)
-        frames, tokens, hidden = features.shape
+        features = self._project(model, item, hidden)  # (frames, tokens, text hidden)
+        frames, tokens, width = features.shape
         grid = self.vision_config.grid
         if tokens != grid * grid:
             raise ModelError(f"{self.title} video pooling needs all {grid * grid} patch tokens, got {tokens}")
-        fmap = features.reshape(frames, grid, grid, hidden).permute(0, 3, 1, 2)
+        fmap = features.reshape(frames, grid, grid, width).permute(0, 3, 1, 2)
         fmap = F.interpolate(fmap, size=[self.pooled_grid, self.pooled_grid], mode="bilinear")
-        pooled = fmap.permute(0, 2, 3, 1).reshape(-1, hidden)
+        pooled = fmap.permute(0, 2, 3, 1).reshape(-1, width)
         return torch.cat((pooled, model.image_newline[None].to(pooled.dtype)), dim=0)

@@ -76,14 +76,18 @@ class VideoLlava(Family):
         return MediaInput("video", pixels, self.video_tokens(len(frames)),
                           self.token_ids()["video"], tuple(frames.shape[1:3]))
 
-    def encode(self, model: nn.Module, item: MediaInput) -> torch.Tensor:
-        hidden = model.projector.fc2.out_features
+    def tower(self, model: nn.Module, item: MediaInput) -> nn.Module:
+        """Images and videos have a tower each."""
         if item.kind == "image":
-            tower = model.image_tower
-            features = self.select_features(tower(item.pixels.to(tower.patch_embed.weight.device)))
-        elif item.kind == "video":
-            tower = model.video_tower
-            features = tower(item.pixels.to(tower.patch_embed.weight.device))  # (frames, 257, vision)
-        else:
-            raise ModelError(f"{self.title} does not take {item.kind}s")
-        return model.projector(features).reshape(-1, hidden)
+            return model.image_tower
+        if item.kind == "video":
+            return model.video_tower
+        raise ModelError(f"{self.title} does not take {item.kind}s")
+
+    def encode(self, model: nn.Module, item: MediaInput, *, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        width = model.projector.fc2.out_features
+        self.tower(model, item)  # an unknown kind fails here, before any work
+        features = self.run_tower(model, item, hidden)  # video: (frames, 257, vision)
+        if item.kind == "image":
+            features = self.select_features(features)
+        return model.projector(features).reshape(-1, width)

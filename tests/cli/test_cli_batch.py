@@ -181,3 +181,40 @@ def test_progress_bar_on_a_terminal(tiny_model, folder, tmp_path, env):
     finally:
         term.close()
     assert len(out.read_text().splitlines()) == 4
+
+
+def test_parallel_gives_the_same_lines_in_the_same_order(tiny_model, folder, media_files, tmp_path, env):
+    """--parallel 1 answers one question at a time; --parallel 4 runs them together in the
+    generation core (different prompt lengths, a broken input among them, two questions
+    each). The lines, answers included, are the same and in input order."""
+    for copy in range(3):  # more inputs than slots, so finished slots are refilled mid-run
+        shutil.copy(media_files["clip2" if copy % 2 else "clip"], folder / f"extra{copy}.mp4")
+    outputs = {}
+    for parallel in ("1", "4"):
+        out = tmp_path / f"out{parallel}.jsonl"
+        result = run(["batch", "-m", str(tiny_model), "-n", "6", "--parallel", parallel, str(folder),
+                      "-Q", "What is this?", "-Q", "Why?", "-o", str(out)], env)
+        assert result.returncode == 3, result.stderr  # broken.mp4
+        assert "Traceback" not in result.stderr
+        outputs[parallel] = lines_of(out.read_text())
+    strip = lambda record: {k: v for k, v in record.items() if k != "timings"}  # noqa: E731
+    assert [strip(r) for r in outputs["4"]] == [strip(r) for r in outputs["1"]]
+    answered = [r for r in outputs["4"] if r["error"] is None]
+    assert len(answered) == 2 * 6 and all(r["answer_tokens"] == 6 for r in answered)
+    # Prompts of different lengths shared the core (the tiny model's words hardly depend on
+    # the prompt; tests/unit/test_scheduler.py compares batched and lone tokens and logits).
+    assert len({r["prompt_tokens"] for r in answered}) > 1
+
+
+def test_parallel_is_a_setting(tiny_model, media_files, env, tmp_path):
+    bad = run(["batch", "-m", str(tiny_model), "--parallel", "0", str(media_files["image"]), "q"], env)
+    assert bad.returncode == 2 and "--parallel must be at least 1" in bad.stderr
+    config = tmp_path / "bad-parallel.toml"
+    config.write_text("parallel = 0\n")
+    from_file = run(["batch", "-m", str(tiny_model), str(media_files["image"]), "q"], {**env, "LLAVA_CONFIG": str(config)})
+    assert from_file.returncode != 0 and "parallel" in from_file.stderr and "Traceback" not in from_file.stderr
+    from_env = run(["batch", "-m", str(tiny_model), "-n", "2", str(media_files["image"]), "q"],
+                   {**env, "LLAVA_PARALLEL": "2"})
+    assert from_env.returncode == 0, from_env.stderr
+    asked = run(["ask", "--parallel", "2", "q"], env)  # batch only
+    assert asked.returncode == 2 and "No such option" in asked.stderr
