@@ -145,7 +145,7 @@ def run_ours(folder: str, clip: str, frames: int, new_tokens: int, *, device: st
         prepared = engine.prepare(media, "Why is this funny?")
         first = None
         count = 0
-        for _ in engine.generate(prepared, Sampling(max_new_tokens=tokens)):
+        for _ in engine.answer(prepared, Sampling(max_new_tokens=tokens)).tokens():
             count += 1
             if first is None:
                 first = time.perf_counter()

@@ -252,6 +252,12 @@ class Engine:
                 self.on_encode(source, item)
         return out
 
+    def encode(self, media: Sequence[Media]) -> list[Encoded]:
+        """Preprocess and encode media once, for use in any number of prompts
+        (``prepare(..., encoded=...)``)."""
+        items = self.family.prepare(media)
+        return [Encoded(m, item, f) for m, item, f in zip(media, items, self.encode_items(items, media))]
+
     @torch.inference_mode()
     def embed(self, prepared: Prepared) -> torch.Tensor:
         """Token embeddings with media features spliced in: (L, hidden). Media without

@@ -150,6 +150,7 @@ class Scheduler:
         self.prefilling: list[Generation] = []  # admitted, prompt not fully run (oldest first)
         self.decoding: list[Generation] = []
         self.steps = 0  # decode steps run (tests: joining mid-flight shares steps)
+        self.max_batch = 0  # the most sequences one decode step has advanced together
         self._buffers: tuple | None = None  # see _step_buffers
 
     # -- requests ----------------------------------------------------------------------
@@ -224,6 +225,7 @@ class Scheduler:
             self._guarded(sequence, self._prefill_chunk, touched)
         if self.decoding:
             self._decode(touched)
+        self._compact()
         return touched
 
     def run(self, sequence: Generation) -> Iterator[int]:
@@ -341,8 +343,14 @@ class Scheduler:
         if tokens is not host[0]:
             for device_buffer, host_buffer in zip((tokens, positions, factors), host):
                 device_buffer.copy_(host_buffer, non_blocking=True)
+        if not self.text.compiled:
+            # Only the rows up to the highest one decoding (compaction keeps that low):
+            # idle rows beyond it cost nothing. Compiled, the step keeps every row (static shapes).
+            n = max(g.row for g in self.decoding) + 1
+            tokens, positions, factors = tokens[:n], positions[:n], factors[:n]
         logits = self.text.decode(tokens, positions, factors)  # (rows, vocab)
         self.steps += 1
+        self.max_batch = max(self.max_batch, len(self.decoding))
         greedy: dict[int, tuple[float, int]] = {}
         if any(g.sampler.sampling.greedy for g in self.decoding):
             # Every greedy row's choice in one reduction and one transfer.
@@ -388,6 +396,20 @@ class Scheduler:
         if sequence in self.decoding:
             self.decoding.remove(sequence)
         self._finish(sequence, reason)
+
+    def _compact(self) -> None:
+        """Move the highest decoding sequence down into the lowest free row, so the
+        uncompiled decode step (rows up to the highest decoding one) stays as small as
+        the number of sequences decoding. One KV row copy per move, none per step."""
+        while not self.text.compiled and self.decoding and self.free:
+            top = max(self.decoding, key=lambda g: g.row)
+            lowest = self.free[0]
+            if top.request.slot is not None or lowest >= top.row:
+                return
+            self.text.cache.move(top.row, lowest, top.position)
+            self.free.remove(lowest)
+            self._free(top.row)
+            top.row = lowest
 
     def _finish(self, sequence: Generation, reason: str, error: str | None = None) -> None:
         result = sequence.result

@@ -54,12 +54,21 @@ class KVCache(nn.Module):
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A decode step: k/v (rows, kv_heads, 1, head_dim), row r's at ``positions[r]``;
-        returns the layer's whole buffers (rows, kv_heads, capacity + 1, head_dim)."""
-        keys, values = self.k[layer], self.v[layer]
-        keys[self.row_index, :, positions] = k[:, :, 0]
-        values[self.row_index, :, positions] = v[:, :, 0]
+        """A decode step over the first n rows: k/v (n, kv_heads, 1, head_dim), row r's at
+        ``positions[r]``; returns those rows' buffers (n, kv_heads, capacity + 1, head_dim),
+        views into the cache (a step over fewer rows than the cache has reads no more)."""
+        n = k.shape[0]
+        keys, values = self.k[layer, :n], self.v[layer, :n]
+        rows = self.row_index[:n]
+        keys[rows, :, positions] = k[:, :, 0]
+        values[rows, :, positions] = v[:, :, 0]
         return keys, values
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy row ``source``'s first ``length`` positions into row ``target`` (compaction:
+        a sequence moves down into a freed row so decode steps cover fewer rows)."""
+        self.k[:, target, :, :length] = self.k[:, source, :, :length]
+        self.v[:, target, :, :length] = self.v[:, source, :, :length]
 
     def grow(self, capacity: int, rows: int) -> "KVCache":
         """A cache of at least this size with this one's contents (positions beyond the old
