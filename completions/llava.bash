@@ -37,6 +37,7 @@ _llava() {
             :ask) cmd="ask"; break ;;
             :chat) cmd="chat"; break ;;
             :batch) cmd="batch"; break ;;
+            :serve) cmd="serve"; break ;;
             :config) cmd="config" ;;
             config:show) cmd="config show"; break ;;
             config:path) cmd="config path"; break ;;
@@ -51,7 +52,7 @@ _llava() {
 
     case "$cmd" in
         "")
-            COMPREPLY=($(compgen -W "ask chat batch config models --version -h --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "ask chat batch serve config models --version -h --help" -- "$cur"))
             ;;
         ask)
             case "$prev" in
@@ -73,9 +74,10 @@ _llava() {
                 --quantize) COMPREPLY=($(compgen -W "none 4bit 4bit-dq 8bit" -- "$cur")); return ;;
                 --prefill-chunk) COMPREPLY=(); return ;;
                 -s|--system) COMPREPLY=(); return ;;
+                --host) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --json --no-stream -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --host --json --no-stream -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi
@@ -135,6 +137,37 @@ _llava() {
                 COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
+            fi
+            ;;
+        serve)
+            case "$prev" in
+                --host) COMPREPLY=(); return ;;
+                --port) COMPREPLY=(); return ;;
+                --api-key) COMPREPLY=(); return ;;
+                --allowed-media-path) _llava_compgen_files -d; return ;;
+                --keep-alive) COMPREPLY=(); return ;;
+                -m|--model) _llava_compgen_files -d; _llava_aliases; return ;;
+                -f|--frames) COMPREPLY=(); return ;;
+                --fps) COMPREPLY=(); return ;;
+                --max-frames) COMPREPLY=(); return ;;
+                --start) COMPREPLY=(); return ;;
+                --end) COMPREPLY=(); return ;;
+                --decoder) COMPREPLY=($(compgen -W "pyav decord" -- "$cur")); return ;;
+                -n|--max-new-tokens) COMPREPLY=(); return ;;
+                -t|--temperature) COMPREPLY=(); return ;;
+                --top-p) COMPREPLY=(); return ;;
+                --top-k) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto float32 float16 bfloat16" -- "$cur")); return ;;
+                --attn) COMPREPLY=($(compgen -W "auto sdpa flash eager" -- "$cur")); return ;;
+                --quantize) COMPREPLY=($(compgen -W "none 4bit 4bit-dq 8bit" -- "$cur")); return ;;
+                --prefill-chunk) COMPREPLY=(); return ;;
+                -s|--system) COMPREPLY=(); return ;;
+                --parallel) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "--host --port --api-key --allowed-media-path --keep-alive -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             fi
             ;;
         config)

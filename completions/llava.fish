@@ -6,15 +6,16 @@
 complete -c llava -f
 
 # Commands
-complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a ask -d 'Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA.'
-complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a chat -d 'Talk about MEDIA over several questions. The conversation stays in the model\'s KV cache, so each image and video is encoded once and each question costs only its own tokens.'
-complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a batch -d 'Ask the same question(s) about many images and videos; print one JSON line per input and question: path, question, answer, error, kind, frames, timestamps, model, prompt_tokens, answer_tokens, timings.'
-complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a config -d 'Show, locate and edit the configuration file (config.toml).'
-complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -a models -d 'List, download, remove and describe models in the Hugging Face cache.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -a ask -d 'Answer one QUESTION about MEDIA (videos and images); text-only without MEDIA.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -a chat -d 'Talk about MEDIA over several questions. The conversation stays in the model\'s KV cache, so each image and video is encoded once and each question costs only its own tokens.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -a batch -d 'Ask the same question(s) about many images and videos; print one JSON line per input and question: path, question, answer, error, kind, frames, timestamps, model, prompt_tokens, answer_tokens, timings.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -a serve -d 'Serve the model over HTTP with OpenAI\'s chat-completions API (images and videos), batching concurrent requests.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -a config -d 'Show, locate and edit the configuration file (config.toml).'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -a models -d 'List, download, remove and describe models in the Hugging Face cache.'
 
 # Options before a command
-complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -l version -d 'Print the version and exit.'
-complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch config models' -s h -l help -d 'Show this message and exit.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -l version -d 'Print the version and exit.'
+complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -s h -l help -d 'Show this message and exit.'
 
 # llava ask
 complete -c llava -n '__fish_seen_subcommand_from ask' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
@@ -38,6 +39,7 @@ complete -c llava -n '__fish_seen_subcommand_from ask' -l quantize -x -a 'none 4
 complete -c llava -n '__fish_seen_subcommand_from ask' -l compile -l no-compile -d 'Compile the decode step with torch.compile (CUDA graphs on GPU); the first answer waits for it.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l prefill-chunk -x -d 'Prompt positions per prefill pass; bounds the memory of long video prompts (0: all at once).'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s s -l system -x -d 'System prompt.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l host -x -d 'Send the question to the llava serve at HOST[:PORT] (its model stays loaded between questions) instead of loading the model here.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l json -d 'Print one JSON object (answer, model, media, token counts, timings) instead of the answer.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l no-stream -d 'Print the answer when it is complete, at once.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s q -l quiet -d 'Print only the answer and errors: no progress, no warnings.'
@@ -106,6 +108,39 @@ complete -c llava -n '__fish_seen_subcommand_from batch' -s v -l verbose -d 'On 
 complete -c llava -n '__fish_seen_subcommand_from batch' -l debug -d 'Show tracebacks on errors.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -s h -l help -d 'Show this message and exit.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -F
+
+# llava serve
+complete -c llava -n '__fish_seen_subcommand_from serve' -l host -x -d 'Listen on this address; 0.0.0.0 (or ::) opens the server to the network.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l port -x -d 'Listen on this TCP port (0: any free one, printed at start).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l api-key -x -d 'Require \'Authorization: Bearer KEY\' on every /v1 request (prefer the environment variable: a flag shows in ps).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l allowed-media-path -x -a '(__fish_complete_directories (commandline -ct))' -d 'Let requests name files under DIR as file:// URLs (repeat for more; none by default).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l keep-alive -x -d 'Unload the model after this long without requests, and load it again on the next (30s, 5m, 1h; 0: right away; -1: never).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l offline -d 'Use only the local cache; never touch the network.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l max-frames -x -d 'At most this many frames per video (with --fps, the rate is lowered to fit).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l start -x -d 'Sample videos from this time on: seconds (90, 90.5) or [HH:]MM:SS[.ms].'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l top-p -x -d 'Nucleus sampling threshold.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l top-k -x -d 'Sample from the k most likely tokens.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l seed -x -d 'Random seed for sampling (0 to 2**64-1).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l device -x -a 'auto cpu cuda mps' -d 'auto, cpu, cuda, cuda:N or mps.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l dtype -x -a 'auto float32 float16 bfloat16' -d 'auto, float32, float16 or bfloat16.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l attn -x -a 'auto sdpa flash eager' -d 'Attention: auto, sdpa, flash (FlashAttention-2) or eager.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l quantize -x -a 'none 4bit 4bit-dq 8bit' -d 'Language-model weights through bitsandbytes: 4bit (NF4), 4bit-dq (NF4, double quantization), 8bit (LLM.int8) or none.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l compile -l no-compile -d 'Compile the decode step with torch.compile (CUDA graphs on GPU); the first answer waits for it.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l prefill-chunk -x -d 'Prompt positions per prefill pass; bounds the memory of long video prompts (0: all at once).'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s s -l system -x -d 'System prompt.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l parallel -x -d 'Answer up to N questions at once: their decode steps are batched, and a finished answer\'s slot goes to the next input at once.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s q -l quiet -d 'Print only the answer and errors: no progress, no warnings.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s v -l verbose -d 'On stderr: the frames used and their times, each media encoding, token counts and speed.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l debug -d 'Show tracebacks on errors.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show this message and exit.'
 
 # llava config
 complete -c llava -n '__fish_seen_subcommand_from config; and not __fish_seen_subcommand_from show path edit' -a show -d 'Print the settings in effect (file and LLAVA_* variables; flags override them) as TOML, each with where it comes from.'

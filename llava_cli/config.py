@@ -119,8 +119,13 @@ SETTINGS: tuple[Setting, ...] = (
                       "once). [default: 1024]"),
     Setting("system", str, "system prompt", unset_means="none", short="-s", metavar="TEXT",
             flag_help="System prompt."),
+    Setting("host", str, "a running llava serve that llava ask sends its questions to (host[:port] or "
+            "http://host:port)", unset_means="none: the model runs in this process", metavar="HOST",
+            commands=("ask",),
+            flag_help="Send the question to the llava serve at HOST[:PORT] (its model stays loaded between "
+                      "questions) instead of loading the model here. [default: LLAVA_HOST, else none]"),
     Setting("parallel", int, "questions llava batch answers at once (continuous batching: one decode step "
-            "for all of them)", DEFAULT_PARALLEL, minimum=1, metavar="N", commands=("batch",),
+            "for all of them)", DEFAULT_PARALLEL, minimum=1, metavar="N", commands=("batch", "serve"),
             flag_help="Answer up to N questions at once: their decode steps are batched, and a finished "
                       f"answer's slot goes to the next input at once. [default: {DEFAULT_PARALLEL}]"),
 )

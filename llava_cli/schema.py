@@ -21,7 +21,8 @@ TIMINGS_FIELDS: tuple[Field, ...] = (
     Field("load_s", "number", "seconds to load the model (ask only)"),
     Field("media_s", "number", "seconds to decode the media files and sample their frames"),
     Field("encode_s", "number", "seconds in the vision tower and projector"),
-    Field("prefill_s", "number", "seconds from the start of the prompt's forward pass to the first answer token"),
+    Field("prefill_s", "number", "seconds from the start of the prompt's forward pass (in batch, its "
+          "admission to the generation core) to the first answer token"),
     Field("decode_s", "number", "seconds for the answer tokens after the first"),
     Field("tokens_per_s", "number|null", "answer tokens after the first per second of decode_s; null with fewer "
                                          "than two answer tokens"),

@@ -52,6 +52,7 @@ VALUE_COMPLETIONS: Dict[str, tuple] = {
     "--model": ("models",),
     "--device": ("choices", ["auto", "cpu", "cuda", "mps"]),
     "--output": ("files",),
+    "--allowed-media-path": ("dirs",),
     # a setting with a fixed set of values completes them (--dtype, --decoder, --attn, --quantize)
     **{s.flag: ("choices", list(s.choices)) for s in llava_config.SETTINGS if s.choices},
 }
@@ -75,6 +76,9 @@ ENV_DOCS: Dict[str, str] = {
                     "user configuration directory (see \\fBFILES\\fR).",
     "LLAVA_DEBUG": "When set to a non-empty value, errors are printed with their traceback, "
                    "as with \\fB\\-\\-debug\\fR.",
+    "LLAVA_API_KEY": "The API key: \\fBllava serve\\fR requires it of every \\fI/v1\\fR request "
+                     "(\\fBAuthorization: Bearer\\fR \\fIKEY\\fR), as with \\fB\\-\\-api\\-key\\fR; "
+                     "\\fBllava ask\\fR sends it to the server \\fBLLAVA_HOST\\fR names.",
     "NO_COLOR": "When set to a non-empty value, nothing is coloured or styled (https://no\\-color.org).",
     "VISUAL": "The editor \\fBllava config edit\\fR runs (before \\fBEDITOR\\fR).",
     "EDITOR": "The editor \\fBllava config edit\\fR runs when \\fBVISUAL\\fR is not set (else "
@@ -139,6 +143,11 @@ EXAMPLES: List[Tuple[str, str]] = [
      'llava batch clips/ -Q "summarize" -Q "how many people?" -o out.jsonl --resume'),
     ("Paths from another program:",
      'find . -name "*.mp4" -mtime -1 | llava batch - "one-line caption" > captions.jsonl'),
+    ("Keep a model loaded behind an OpenAI-compatible API, and ask it about a local video:",
+     'llava serve -m ov-7b --allowed-media-path ~/videos\n'
+     'curl -s localhost:8000/v1/chat/completions -d \'{"messages": [{"role": "user", "content": [\n'
+     '  {"type": "video_url", "video_url": {"url": "file:///home/me/videos/clip.mp4"}},\n'
+     '  {"type": "text", "text": "what happens?"}]}]}\' | jq -r ".choices[0].message.content"'),
     ("Set defaults once:",
      'llava config edit\nllava config show'),
     ("See what is cached, what a model is, and remove one:",
@@ -292,6 +301,8 @@ def _collect_command(command, ctx, name: str) -> Cmd:
         if isinstance(envvar, (list, tuple)):
             envvar = " ".join(envvar)
         setting = SETTING_BY_FLAG.get(long)
+        if setting is not None and setting.commands and name not in setting.commands:
+            setting = None  # the command's own option of that name (serve's --host is not ask's)
         if setting is not None and name.split()[:1] != ["models"]:
             envvar = envvar or setting.env
         cmd.options.append(Opt(

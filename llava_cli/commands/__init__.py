@@ -7,6 +7,7 @@ from __future__ import annotations
 from . import ask  # noqa: F401,I001
 from . import chat  # noqa: F401
 from . import batch  # noqa: F401
+from . import serve  # noqa: F401
 from . import config  # noqa: F401
 from . import models  # noqa: F401
 from .core import app, main

@@ -42,6 +42,9 @@ def ask(
     run = Run.create(options)
     notices = run.notices
     check_sources(media_paths)  # before the model is resolved, perhaps downloaded
+    if run.settings.host:
+        _ask_server(run, options, media_paths, question, json_output=json_output, no_stream=no_stream)
+        return
     run.open(has_video=bool(media_paths))
     started = time.perf_counter()
     media = [run.load_media(path) for path in media_paths]
@@ -89,6 +92,43 @@ def _ask_json(run: Run, answer: str, media: list, media_s: float, timings) -> di
             "tokens_per_s": round(timings.tokens_per_s, 3) if timings.tokens_per_s is not None else None,
         },
     }
+
+
+def _ask_server(run: Run, options: RunOptions, media_paths: list[str], question: str, *, json_output: bool,
+                no_stream: bool) -> None:
+    """The question through a running `llava serve`: no model here, the answer streamed back."""
+    import os
+
+    from ..client import ServerAnswer, build_request, stream_answer
+
+    settings = run.settings
+    if options.model is not None:
+        run.notices.warn(f"--model {options.model} ignored: the server at {settings.host} answers with its own model")
+    frames = {"frames": settings.frames, "fps": settings.fps, "max_frames": settings.max_frames,
+              "start": options.start, "end": options.end}
+    sampling = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                "top_p": settings.top_p, "seed": options.seed}
+    body = build_request(media_paths, question, system=settings.system, frames=frames, sampling=sampling)
+    summary = ServerAnswer()
+    started = time.perf_counter()
+    writer = AnswerWriter(live=not (no_stream or json_output))
+    try:
+        for piece in stream_answer(settings.host, body, api_key=os.environ.get("LLAVA_API_KEY"), summary=summary):
+            writer.write(piece)
+    except BaseException:
+        if writer.wrote and not json_output:
+            writer.end()
+        raise
+    if not json_output:
+        writer.end()
+    run.notices.detail(f"answered by the server at {settings.host} ({summary.model}): prompt "
+                       f"{summary.prompt_tokens} tokens, answer {summary.answer_tokens} tokens "
+                       f"({summary.stop_reason}) in {time.perf_counter() - started:.2f} s")
+    if json_output:
+        typer.echo(json.dumps({"answer": writer.text, "model": summary.model, "server": settings.host,
+                               "media": summary.media, "prompt_tokens": summary.prompt_tokens,
+                               "answer_tokens": summary.answer_tokens, "stop_reason": summary.stop_reason},
+                              ensure_ascii=False))
 
 
 def _verbose_timings(notices: Notices, timings) -> None:
