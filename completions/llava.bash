@@ -102,9 +102,10 @@ _llava() {
                 --quantize) COMPREPLY=($(compgen -W "none 4bit 4bit-dq 8bit" -- "$cur")); return ;;
                 --prefill-chunk) COMPREPLY=(); return ;;
                 -s|--system) COMPREPLY=(); return ;;
+                --host) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --host -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi

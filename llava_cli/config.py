@@ -119,10 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
                       "once). [default: 1024]"),
     Setting("system", str, "system prompt", unset_means="none", short="-s", metavar="TEXT",
             flag_help="System prompt."),
-    Setting("host", str, "a running llava serve that llava ask sends its questions to (host[:port] or "
-            "http://host:port)", unset_means="none: the model runs in this process", metavar="HOST",
-            commands=("ask",),
-            flag_help="Send the question to the llava serve at HOST[:PORT] (its model stays loaded between "
+    Setting("host", str, "a running llava serve that llava ask and chat send their questions to (host[:port] "
+            "or http://host:port)", unset_means="none: the model runs in this process", metavar="HOST",
+            commands=("ask", "chat"),
+            flag_help="Send the questions to the llava serve at HOST[:PORT] (its model stays loaded between "
                       "questions) instead of loading the model here. [default: LLAVA_HOST, else none]"),
     Setting("parallel", int, "questions llava batch answers at once (continuous batching: one decode step "
             "for all of them)", DEFAULT_PARALLEL, minimum=1, metavar="N", commands=("batch", "serve"),
@@ -393,7 +393,7 @@ def template() -> str:
 
 
 _EXAMPLES = {"frames": 16, "fps": 1.0, "max_frames": 32, "temperature": 0.2, "top_p": 0.9, "top_k": 40,
-             "max_new_tokens": 256, "system": "Answer in one sentence."}
+             "max_new_tokens": 256, "system": "Answer in one sentence.", "host": "127.0.0.1:8000"}
 
 
 def editor_command() -> list[str]:

@@ -37,6 +37,9 @@ def chat(
     run = Run.create(options)
     notices = run.notices
     check_sources(media_paths)  # before the model is resolved, perhaps downloaded
+    if run.settings.host:
+        _chat_server(run, options, media_paths)
+        return
     run.open()
     cache = MediaCache(None)
     entries = [cache.load(path, run.spec) for path in media_paths]
@@ -61,6 +64,45 @@ def chat(
     if repl.interactive and not options.quiet:
         attached = f"; {len(entries)} attached for the first question" if entries else ""
         notices.info(f"llava chat with {run.model_name}{attached}. /help for commands, Ctrl-D or /bye to leave.")
+    code = repl.run()
+    if code:
+        raise typer.Exit(code)
+
+
+def _chat_server(run: Run, options: RunOptions, media_paths: list[str]) -> None:
+    """The conversation through a running `llava serve`: media decoded here for the notices
+    and the frame settings, sent inline each turn; the model stays on the server."""
+    from ..generate import Sampling
+    from ..remote_chat import RemoteChatSession
+    from ..repl import ChatSettings, Repl
+    from ..session import MediaCache
+
+    notices, settings = run.notices, run.settings
+    if options.model is not None:
+        notices.warn(f"--model {options.model} ignored: the server at {settings.host} answers with its own model")
+    from ..media import FrameSpec
+
+    # The server's family may have its own frame count; this side does not know the model,
+    # so it asks for --frames (else 8, most families' count) explicitly.
+    spec = FrameSpec(frames=settings.frames or 8, fps=settings.fps, max_frames=settings.max_frames,
+                     start=run.start, end=run.end, decoder=settings.decoder)
+    cache = MediaCache(None)
+
+    def load(path: str, frame_spec):
+        entry = cache.load(path, frame_spec)
+        for note in entry.media.notices:
+            notices.warn(note)
+        notices.detail(entry.media.describe())
+        return entry
+
+    session = RemoteChatSession(settings.host, system=settings.system, cache=cache)
+    for path in media_paths:
+        session.attach(load(path, spec))
+    sampling = Sampling.resolve({}, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                top_p=settings.top_p, top_k=settings.top_k, seed=run.seed)
+    repl = Repl(session, ChatSettings(spec, sampling, f"the server at {settings.host}"), notices, load=load)
+    if repl.interactive and not options.quiet:
+        notices.info(f"llava chat with the server at {settings.host}. /help for commands, Ctrl-D or /bye to leave.")
     code = repl.run()
     if code:
         raise typer.Exit(code)

@@ -261,3 +261,19 @@ def test_ask_through_the_server_errors_are_one_line(server, media_files, server_
     absent = run(["ask", str(media_files["image"]), IMAGE_Q], {**server_env, "LLAVA_HOST": f"127.0.0.1:{port}"})
     assert absent.returncode == 1 and absent.stderr.count("\n") == 1
     assert "cannot reach the llava server" in absent.stderr and "Traceback" not in absent.stderr
+
+
+def test_chat_through_the_server(server, expected, media_files, server_env):
+    """LLAVA_HOST: `llava chat` keeps the conversation here and sends it whole each turn; its
+    first answer is `llava ask`'s, the second turn carries the first, and /save records both."""
+    env = {**server_env, "LLAVA_HOST": f"127.0.0.1:{server.port}", "LLAVA_API_KEY": KEY}
+    saved = server.log.parent / "conversation.json"
+    result = run(["chat", "-n", str(TOKENS), "--temperature", "0", str(media_files["image"])], env,
+                 stdin=f"{IMAGE_Q}\nAnd why?\n/save {saved}\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == expected["image"]["answer"]
+    conversation = json.loads(saved.read_text())
+    roles = [m["role"] for m in conversation["messages"]]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    assert conversation["messages"][1]["content"] == expected["image"]["answer"].strip()
+    assert conversation["messages"][3]["content"]
