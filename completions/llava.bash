@@ -12,7 +12,7 @@ _llava_compgen_files() {
 
 _llava_aliases() {
     # The built-in model aliases (added to what is there).
-    COMPREPLY+=($(compgen -W "ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b" -- "$cur"))
+    COMPREPLY+=($(compgen -W "ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b" -- "$cur"))
 }
 
 _llava() {

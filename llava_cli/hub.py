@@ -51,31 +51,43 @@ from .errors import HubError, IntegrityError, ModelError, UsageError
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
-ALIASES: dict[str, str] = {
+# alias → (Hub repo, published parameter count in billions: the model page's "Model size").
+# `llava models list --aliases` shows the bf16 weights' approximate size from the count.
+ALIAS_TABLE: dict[str, tuple[str, float]] = {
     # LLaVA-OneVision (Qwen2): "ov" = the final OneVision stage, "si" = single-image stage
-    "ov-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-    "ov-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-    "ov-72b": "llava-hf/llava-onevision-qwen2-72b-ov-hf",
-    "ov-0.5b-si": "llava-hf/llava-onevision-qwen2-0.5b-si-hf",
-    "ov-7b-si": "llava-hf/llava-onevision-qwen2-7b-si-hf",
+    "ov-0.5b": ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", 0.894),
+    "ov-7b": ("llava-hf/llava-onevision-qwen2-7b-ov-hf", 8.03),
+    "ov-72b": ("llava-hf/llava-onevision-qwen2-72b-ov-hf", 73.2),
+    "ov-0.5b-si": ("llava-hf/llava-onevision-qwen2-0.5b-si-hf", 0.894),
+    "ov-7b-si": ("llava-hf/llava-onevision-qwen2-7b-si-hf", 8.03),
+    "ov-chat": ("llava-hf/llava-onevision-qwen2-7b-ov-chat-hf", 8.03),
+    # LLaVA-Interleave (LLaVA-1.5 architecture, SigLIP + Qwen1.5), multi-image
+    "interleave-0.5b": ("llava-hf/llava-interleave-qwen-0.5b-hf", 1.02),
+    "interleave-7b": ("llava-hf/llava-interleave-qwen-7b-hf", 8.14),
     # LLaVA-NeXT-Video
-    "next-video-7b": "llava-hf/LLaVA-NeXT-Video-7B-hf",
-    "next-video-7b-dpo": "llava-hf/LLaVA-NeXT-Video-7B-DPO-hf",
-    "next-video-34b": "llava-hf/LLaVA-NeXT-Video-34B-hf",
+    "next-video-7b": ("llava-hf/LLaVA-NeXT-Video-7B-hf", 7.06),
+    "next-video-7b-dpo": ("llava-hf/LLaVA-NeXT-Video-7B-DPO-hf", 7.06),
+    "next-video-34b": ("llava-hf/LLaVA-NeXT-Video-34B-hf", 34.8),
     # Video-LLaVA
-    "video-llava-7b": "LanguageBind/Video-LLaVA-7B-hf",
+    "video-llava-7b": ("LanguageBind/Video-LLaVA-7B-hf", 7.37),
     # LLaVA-NeXT (v1.6), images
-    "next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
-    "next-vicuna-7b": "llava-hf/llava-v1.6-vicuna-7b-hf",
-    "next-vicuna-13b": "llava-hf/llava-v1.6-vicuna-13b-hf",
-    "next-34b": "llava-hf/llava-v1.6-34b-hf",
-    "next-llama3-8b": "llava-hf/llama3-llava-next-8b-hf",
-    "next-72b": "llava-hf/llava-next-72b-hf",
-    "next-110b": "llava-hf/llava-next-110b-hf",
+    "next-mistral-7b": ("llava-hf/llava-v1.6-mistral-7b-hf", 7.57),
+    "next-vicuna-7b": ("llava-hf/llava-v1.6-vicuna-7b-hf", 7.06),
+    "next-vicuna-13b": ("llava-hf/llava-v1.6-vicuna-13b-hf", 13.4),
+    "next-34b": ("llava-hf/llava-v1.6-34b-hf", 34.8),
+    "next-llama3-8b": ("llava-hf/llama3-llava-next-8b-hf", 8.36),
+    "next-72b": ("llava-hf/llava-next-72b-hf", 72.7),
+    "next-110b": ("llava-hf/llava-next-110b-hf", 112.0),
     # LLaVA-1.5, images
-    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
-    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
+    "llava-1.5-7b": ("llava-hf/llava-1.5-7b-hf", 7.06),
+    "llava-1.5-13b": ("llava-hf/llava-1.5-13b-hf", 13.4),
 }
+ALIASES: dict[str, str] = {alias: repo for alias, (repo, _) in ALIAS_TABLE.items()}
+
+
+def alias_size_gb(alias: str) -> float:
+    """Approximate size of an alias's weights in bfloat16 (2 bytes a parameter), in GB."""
+    return ALIAS_TABLE[alias][1] * 2
 
 # The files inference reads; everything else in a repo (pickle weights, README, the
 # original sentencepiece model, training logs) is left on the Hub.

@@ -86,8 +86,15 @@ def list_table(rows: list[CachedModel]) -> str:
     return table(lines)
 
 
+def approx_gb(gb: float) -> str:
+    """An approximate size: one decimal under 10 GB, whole GB above."""
+    return f"~{gb:.1f} GB" if gb < 10 else f"~{gb:.0f} GB"
+
+
 def aliases_table() -> str:
-    lines = [["ALIAS", "MODEL"]] + [[alias, repo] for alias, repo in hub.ALIASES.items()]
+    """The built-in aliases: alias, repo, approximate size of the weights in bfloat16."""
+    lines = [["ALIAS", "MODEL", "SIZE (BF16)"]]
+    lines += [[alias, repo, approx_gb(hub.alias_size_gb(alias))] for alias, repo in hub.ALIASES.items()]
     return table(lines)
 
 

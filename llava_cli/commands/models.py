@@ -13,7 +13,7 @@ from .core import Command, models_app
 
 @models_app.command(cls=Command, name="list")
 def models_list(
-    aliases: bool = typer.Option(False, "--aliases", help="List the built-in aliases and their repos instead."),
+    aliases: bool = typer.Option(False, "--aliases", help="List the built-in aliases, their repos and approximate bf16 sizes instead."),
 ) -> None:
     """List the cached models that llava can run: repo, alias, family, size on disk, revision."""
     from .. import models

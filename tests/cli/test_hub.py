@@ -484,6 +484,9 @@ DOCUMENTED = {
     "next-34b": "llava-hf/llava-v1.6-34b-hf", "next-llama3-8b": "llava-hf/llama3-llava-next-8b-hf",
     "next-72b": "llava-hf/llava-next-72b-hf", "next-110b": "llava-hf/llava-next-110b-hf",
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf", "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
+    "ov-chat": "llava-hf/llava-onevision-qwen2-7b-ov-chat-hf",
+    "interleave-0.5b": "llava-hf/llava-interleave-qwen-0.5b-hf",
+    "interleave-7b": "llava-hf/llava-interleave-qwen-7b-hf",
 }
 
 
@@ -508,8 +511,13 @@ def test_unknown_alias_suggests_close_names(env):
                    "did you mean llava-1.5-7b", "--aliases")
     listed = llava("models", "list", "--aliases", env=env)
     assert listed.returncode == 0
-    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
-    assert {alias: repo for alias, repo in rows} == hub.ALIASES
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["ALIAS", "MODEL", "SIZE", "(BF16)"]
+    rows = [line.split() for line in lines[1:]]
+    assert {alias: repo for alias, repo, _, _ in rows} == hub.ALIASES
+    sizes = {alias: (approx, unit) for alias, _, approx, unit in rows}
+    assert sizes["ov-0.5b"] == ("~1.8", "GB") and sizes["ov-7b"] == ("~16", "GB")  # 2 bytes a parameter
+    assert sizes["interleave-0.5b"] == ("~2.0", "GB") and sizes["next-110b"] == ("~224", "GB")
 
 
 def test_default_model_precedence(env, tmp_path):

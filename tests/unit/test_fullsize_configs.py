@@ -42,10 +42,37 @@ def test_parameter_count_matches_the_published_size(name):
     assert abs(ours - published) / published <= 0.005, f"{name}: {ours / 1e9:.3f}B vs {published / 1e9:.3f}B"
 
 
+def test_alias_sizes_are_the_published_counts():
+    """The alias table's parameter counts (the `--aliases` size column) agree with the
+    published counts of the checkpoints reconstructed here."""
+    from llava_cli import hub
+
+    checked = 0
+    for alias, (repo, billions) in hub.ALIAS_TABLE.items():
+        if repo in PUBLISHED_PARAMS:
+            assert abs(billions * 1e9 - PUBLISHED_PARAMS[repo]) / PUBLISHED_PARAMS[repo] <= 0.005, alias
+            checked += 1
+    assert checked >= 10
+
+
 def test_onevision_05b_is_tied_and_893m():
     _, model = build_ours("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")
     assert model.text.lm_head.weight is model.text.embed.weight
     assert abs(count(model) - 893.7e6) / 893.7e6 <= 0.005
+
+
+@pytest.mark.parametrize("name", ["llava-hf/llava-interleave-qwen-0.5b-hf", "llava-hf/llava-interleave-qwen-7b-hf"])
+def test_interleave_is_llava_with_siglip_and_qwen2(name):
+    """LLaVA-Interleave runs as the LLaVA-1.5 family: SigLIP-384 at layer -1, all 729
+    patch tokens, squashed 384-px views with mean/std 0.5, a Qwen2 decoder (q/k/v bias)."""
+    family, model = build_ours(name)
+    assert family.name == "llava" and family.token_ids() == {"image": 151646}
+    assert family.vision_config.kind == "siglip_vision_model" and family.tokens_per_view == 729
+    assert family.text_config.qkv_bias and not family.text_config.tie_word_embeddings
+    pixels = family.image_pixels
+    assert (pixels.shortest_edge, pixels.height, pixels.width, pixels.crop) == (None, 384, 384, None)
+    assert pixels.mean == pixels.std == (0.5, 0.5, 0.5)
+    assert model.text.lm_head.weight is not model.text.embed.weight
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
