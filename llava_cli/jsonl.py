@@ -11,7 +11,6 @@ and returns the (input, question) pairs already answered.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import LlavaError, UsageError
+from .files import atomic_write
 
 
 def json_line(record: dict[str, Any]) -> bytes:
@@ -171,20 +171,10 @@ def prepare_resume(path: str) -> tuple[set[tuple[str, str]], int, int]:
     except OSError as exc:
         raise LlavaError(f"cannot read {path}: {exc.strerror or exc}") from None
     if dropped:
-        tmp = target.with_name(f".{target.name}.resume-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(b"".join(line + b"\n" for line in good))
-                handle.flush()
-                os.fsync(handle.fileno())
-            # Never rename over anything but the regular file just read.
+        def still_regular() -> None:  # never rename over anything but the regular file just read
             if not stat.S_ISREG(os.lstat(target).st_mode):
                 raise UsageError(f"{path} is no longer a regular file")
-            os.replace(tmp, target)
-        except (OSError, LlavaError) as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            if isinstance(exc, LlavaError):
-                raise
-            raise LlavaError(f"cannot rewrite {path}: {exc.strerror or exc}") from None
+
+        atomic_write(target, b"".join(line + b"\n" for line in good), tmp_tag="resume", check=still_regular,
+                     failure=f"cannot rewrite {path}")
     return done, len(good), dropped

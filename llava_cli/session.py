@@ -43,6 +43,7 @@ import torch
 from .engine import Encoded, Engine
 from .scheduler import Request, Timings
 from .errors import LlavaError, PromptError, UsageError
+from .files import atomic_write
 from .families import MediaInput
 from .generate import NonFiniteLogits, Sampling
 from .media import FrameSpec, Media, is_url, load_media
@@ -446,21 +447,8 @@ def save_conversation(path: str | Path, data: dict[str, Any]) -> Path:
         encoded = (text + "\n").encode("utf-8")
     except UnicodeEncodeError:  # a media path that is not UTF-8: \udcXX escapes
         encoded = (json.dumps(data, ensure_ascii=True, indent=2) + "\n").encode("ascii")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _check_save_target(target, path)  # still a regular file (or absent) just before the rename
-        os.replace(tmp, target)
-    except (OSError, LlavaError) as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, LlavaError):
-            raise
-        raise LlavaError(f"cannot write {target}: {exc.strerror or exc}") from None
+    atomic_write(target, encoded, tmp_tag="tmp", check=lambda: _check_save_target(target, path),
+                 failure=f"cannot write {target}")
     return target
 
 
