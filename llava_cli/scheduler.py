@@ -201,17 +201,9 @@ class Scheduler:
         return bool(self.waiting or self.prefilling or self.decoding)
 
     @property
-    def in_flight(self) -> int:
-        return len(self.waiting) + len(self.prefilling) + len(self.decoding)
-
-    @property
     def room(self) -> int:
         """How many more requests the next step would admit (free rows not yet claimed)."""
         return len(self.free) - sum(1 for s in self.waiting if s.request.slot is None)
-
-    @property
-    def has_room(self) -> bool:
-        return self.room > 0
 
     # -- running -----------------------------------------------------------------------
     @torch.inference_mode()

@@ -42,24 +42,13 @@ def chat(
         return
     run.open()
     cache = MediaCache(None)
-    entries = [cache.load(path, run.spec) for path in media_paths]
-    for entry in entries:
-        for note in entry.media.notices:
-            notices.warn(note)
-        notices.detail(entry.media.describe())
+    load = _loader(cache, notices)
+    entries = [load(path, run.spec) for path in media_paths]
     engine = run.load_engine()
     cache.engine = engine
     session = ChatSession(engine, system=run.settings.system, long_video=options.long_video, cache=cache)
     for entry in entries:
         session.attach(entry)
-
-    def load(path: str, spec):
-        entry = cache.load(path, spec)
-        for note in entry.media.notices:
-            notices.warn(note)
-        notices.detail(entry.media.describe())
-        return entry
-
     repl = Repl(session, ChatSettings(run.spec, run.sampling(), run.model_name), notices, load=load)
     if repl.interactive and not options.quiet:
         attached = f"; {len(entries)} attached for the first question" if entries else ""
@@ -73,6 +62,7 @@ def _chat_server(run: Run, options: RunOptions, media_paths: list[str]) -> None:
     """The conversation through a running `llava serve`: media decoded here for the notices
     and the frame settings, sent inline each turn; the model stays on the server."""
     from ..generate import Sampling
+    from ..media import FrameSpec
     from ..remote_chat import RemoteChatSession
     from ..repl import ChatSettings, Repl
     from ..session import MediaCache
@@ -80,21 +70,12 @@ def _chat_server(run: Run, options: RunOptions, media_paths: list[str]) -> None:
     notices, settings = run.notices, run.settings
     if options.model is not None:
         notices.warn(f"--model {options.model} ignored: the server at {settings.host} answers with its own model")
-    from ..media import FrameSpec
-
     # The server's family may have its own frame count; this side does not know the model,
     # so it asks for --frames (else 8, most families' count) explicitly.
     spec = FrameSpec(frames=settings.frames or 8, fps=settings.fps, max_frames=settings.max_frames,
                      start=run.start, end=run.end, decoder=settings.decoder)
     cache = MediaCache(None)
-
-    def load(path: str, frame_spec):
-        entry = cache.load(path, frame_spec)
-        for note in entry.media.notices:
-            notices.warn(note)
-        notices.detail(entry.media.describe())
-        return entry
-
+    load = _loader(cache, notices)
     session = RemoteChatSession(settings.host, system=settings.system, cache=cache)
     for path in media_paths:
         session.attach(load(path, spec))
@@ -106,3 +87,16 @@ def _chat_server(run: Run, options: RunOptions, media_paths: list[str]) -> None:
     code = repl.run()
     if code:
         raise typer.Exit(code)
+
+
+def _loader(cache, notices):
+    """Decode (or take from ``cache``) one media file, printing its notices: the chat's
+    attachments at start and /attach alike."""
+    def load(path: str, spec):
+        entry = cache.load(path, spec)
+        for note in entry.media.notices:
+            notices.warn(note)
+        notices.detail(entry.media.describe())
+        return entry
+
+    return load

@@ -40,9 +40,6 @@ class KVCache(nn.Module):
         """The column idle rows write to in a decode step."""
         return self.capacity
 
-    def bytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
-
     def write(self, layer: int, row: int, start: int, k: torch.Tensor,
               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A prefill run: k/v (1, kv_heads, seq, head_dim) at positions start…start+seq-1 of
