@@ -12,7 +12,7 @@ _llava_compgen_files() {
 
 _llava_aliases() {
     # The built-in model aliases (added to what is there).
-    COMPREPLY+=($(compgen -W "ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b" -- "$cur"))
+    COMPREPLY+=($(compgen -W "ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b" -- "$cur"))
 }
 
 _llava() {
@@ -77,7 +77,7 @@ _llava() {
                 --host) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --host --json --no-stream -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video --no-time-instruction --time-instruction -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --host --json --no-stream -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi
@@ -105,7 +105,7 @@ _llava() {
                 --host) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --host -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video --no-time-instruction --time-instruction -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --host -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi
@@ -135,7 +135,7 @@ _llava() {
                 --parallel) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video --no-time-instruction --time-instruction -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi
@@ -168,7 +168,7 @@ _llava() {
                 --parallel) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "--host --port --api-key --allowed-media-path --keep-alive -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host --port --api-key --allowed-media-path --keep-alive -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video --no-time-instruction --time-instruction -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             fi
             ;;
         config)

@@ -18,7 +18,7 @@ complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve confi
 complete -c llava -n 'not __fish_seen_subcommand_from ask chat batch serve config models' -s h -l help -d 'Show this message and exit.'
 
 # llava ask
-complete -c llava -n '__fish_seen_subcommand_from ask' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l offline -d 'Use only the local cache; never touch the network.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
@@ -27,6 +27,7 @@ complete -c llava -n '__fish_seen_subcommand_from ask' -l start -x -d 'Sample vi
 complete -c llava -n '__fish_seen_subcommand_from ask' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
+complete -c llava -n '__fish_seen_subcommand_from ask' -l no-time-instruction -l time-instruction -d 'Put LLaVA-Video\'s time instruction (the video\'s length and each sampled frame\'s time) before video questions; OneVision-class models only.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
 complete -c llava -n '__fish_seen_subcommand_from ask' -l top-p -x -d 'Nucleus sampling threshold.'
@@ -49,7 +50,7 @@ complete -c llava -n '__fish_seen_subcommand_from ask' -s h -l help -d 'Show thi
 complete -c llava -n '__fish_seen_subcommand_from ask' -F
 
 # llava chat
-complete -c llava -n '__fish_seen_subcommand_from chat' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
 complete -c llava -n '__fish_seen_subcommand_from chat' -l offline -d 'Use only the local cache; never touch the network.'
 complete -c llava -n '__fish_seen_subcommand_from chat' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
 complete -c llava -n '__fish_seen_subcommand_from chat' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
@@ -58,6 +59,7 @@ complete -c llava -n '__fish_seen_subcommand_from chat' -l start -x -d 'Sample v
 complete -c llava -n '__fish_seen_subcommand_from chat' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
 complete -c llava -n '__fish_seen_subcommand_from chat' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
 complete -c llava -n '__fish_seen_subcommand_from chat' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
+complete -c llava -n '__fish_seen_subcommand_from chat' -l no-time-instruction -l time-instruction -d 'Put LLaVA-Video\'s time instruction (the video\'s length and each sampled frame\'s time) before video questions; OneVision-class models only.'
 complete -c llava -n '__fish_seen_subcommand_from chat' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
 complete -c llava -n '__fish_seen_subcommand_from chat' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
 complete -c llava -n '__fish_seen_subcommand_from chat' -l top-p -x -d 'Nucleus sampling threshold.'
@@ -82,7 +84,7 @@ complete -c llava -n '__fish_seen_subcommand_from batch' -s Q -l question -x -d 
 complete -c llava -n '__fish_seen_subcommand_from batch' -s o -l output -r -F -d 'Write the JSON lines to this file instead of standard output.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l resume -d 'Continue --output: skip the inputs it already answers, retry the failed.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l overwrite -d 'Replace an existing --output file.'
-complete -c llava -n '__fish_seen_subcommand_from batch' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l offline -d 'Use only the local cache; never touch the network.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
@@ -91,6 +93,7 @@ complete -c llava -n '__fish_seen_subcommand_from batch' -l start -x -d 'Sample 
 complete -c llava -n '__fish_seen_subcommand_from batch' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
+complete -c llava -n '__fish_seen_subcommand_from batch' -l no-time-instruction -l time-instruction -d 'Put LLaVA-Video\'s time instruction (the video\'s length and each sampled frame\'s time) before video questions; OneVision-class models only.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
 complete -c llava -n '__fish_seen_subcommand_from batch' -l top-p -x -d 'Nucleus sampling threshold.'
@@ -116,7 +119,7 @@ complete -c llava -n '__fish_seen_subcommand_from serve' -l port -x -d 'Listen o
 complete -c llava -n '__fish_seen_subcommand_from serve' -l api-key -x -d 'Require \'Authorization: Bearer KEY\' on every /v1 request (prefer the environment variable: a flag shows in ps).'
 complete -c llava -n '__fish_seen_subcommand_from serve' -l allowed-media-path -x -a '(__fish_complete_directories (commandline -ct))' -d 'Let requests name files under DIR as file:// URLs (repeat for more; none by default).'
 complete -c llava -n '__fish_seen_subcommand_from serve' -l keep-alive -x -d 'Unload the model after this long without requests, and load it again on the next (30s, 5m, 1h; 0: right away; -1: never).'
-complete -c llava -n '__fish_seen_subcommand_from serve' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -s m -l model -x -a '(__fish_complete_directories (commandline -ct)) ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'An alias such as ov-7b (see llava models list --aliases), a Hub repo org/name[@revision], or a model folder.'
 complete -c llava -n '__fish_seen_subcommand_from serve' -l offline -d 'Use only the local cache; never touch the network.'
 complete -c llava -n '__fish_seen_subcommand_from serve' -s f -l frames -x -d 'Frames sampled uniformly from each video.'
 complete -c llava -n '__fish_seen_subcommand_from serve' -l fps -x -d 'Sample videos at this many frames per second instead of a fixed count.'
@@ -125,6 +128,7 @@ complete -c llava -n '__fish_seen_subcommand_from serve' -l start -x -d 'Sample 
 complete -c llava -n '__fish_seen_subcommand_from serve' -l end -x -d 'Sample videos up to this time (exclusive), same forms as --start.'
 complete -c llava -n '__fish_seen_subcommand_from serve' -l decoder -x -a 'pyav decord' -d 'Video decoder: pyav or decord (falls back to pyav).'
 complete -c llava -n '__fish_seen_subcommand_from serve' -l long-video -d 'If the prompt exceeds the context, stretch RoPE to fit it.'
+complete -c llava -n '__fish_seen_subcommand_from serve' -l no-time-instruction -l time-instruction -d 'Put LLaVA-Video\'s time instruction (the video\'s length and each sampled frame\'s time) before video questions; OneVision-class models only.'
 complete -c llava -n '__fish_seen_subcommand_from serve' -s n -l max-new-tokens -x -d 'Stop after this many answer tokens.'
 complete -c llava -n '__fish_seen_subcommand_from serve' -s t -l temperature -x -d '0 = greedy; > 0 samples.'
 complete -c llava -n '__fish_seen_subcommand_from serve' -l top-p -x -d 'Nucleus sampling threshold.'
@@ -173,13 +177,13 @@ complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcom
 complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -l force -d 'Download every file again, even those already cached.'
 complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -s q -l quiet -d 'No progress bar.'
 complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -s h -l help -d 'Show this message and exit.'
-complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from pull' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'
 
 # llava models rm
 complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from rm' -s h -l help -d 'Show this message and exit.'
-complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from rm' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from rm' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'
 
 # llava models info
 complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from info' -s h -l help -d 'Show this message and exit.'
 complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from info' -a '(__fish_complete_directories (commandline -ct))'
-complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from info' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'
+complete -c llava -n '__fish_seen_subcommand_from models; and __fish_seen_subcommand_from info' -a 'ov-0.5b ov-7b ov-72b ov-0.5b-si ov-7b-si ov-chat llava-video-7b interleave-0.5b interleave-7b next-video-7b next-video-7b-dpo next-video-34b video-llava-7b next-mistral-7b next-vicuna-7b next-vicuna-13b next-34b next-llama3-8b next-72b next-110b llava-1.5-7b llava-1.5-13b' -d 'model alias'

@@ -87,6 +87,13 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="N", flag_help="At most this many frames per video (with --fps, the rate is lowered to fit)."),
     Setting("decoder", str, "video decoder", "pyav", choices=DECODER_NAMES, metavar="NAME",
             flag_help="Video decoder: pyav or decord (falls back to pyav). [default: pyav]"),
+    Setting("time_instruction", bool, "put LLaVA-Video's time instruction (how long the video lasts, how many "
+            "frames were sampled and when each was taken) before a question about a video",
+            unset_means="on for checkpoints whose config.json sets add_time_instruction (LLaVA-Video), else off",
+            commands=("ask", "chat", "batch", "serve"),
+            flag_help="Put LLaVA-Video's time instruction (the video's length and each sampled frame's time) before "
+                      "video questions; OneVision-class models only. [default: on where config.json sets "
+                      "add_time_instruction]"),
     Setting("max_new_tokens", int, "stop after this many answer tokens",
             unset_means="the checkpoint's, else 512", minimum=1, short="-n", metavar="N",
             flag_help="Stop after this many answer tokens. [default: the checkpoint's, else 512]"),
@@ -393,7 +400,8 @@ def template() -> str:
 
 
 _EXAMPLES = {"frames": 16, "fps": 1.0, "max_frames": 32, "temperature": 0.2, "top_p": 0.9, "top_k": 40,
-             "max_new_tokens": 256, "system": "Answer in one sentence.", "host": "127.0.0.1:8000"}
+             "max_new_tokens": 256, "system": "Answer in one sentence.", "host": "127.0.0.1:8000",
+             "time_instruction": True}
 
 
 def editor_command() -> list[str]:

@@ -36,7 +36,7 @@ from .validate import available_ram, gigabytes
 DEFAULT_PREFILL_CHUNK = 1024
 from .media import Media
 from .prompt import (BUILTIN_TEMPLATES, build_messages, builtin_template_for, compile_chat_template,
-                     expand_placeholders, load_chat_template, render_compiled)
+                     expand_placeholders, load_chat_template, render_compiled, with_time_instructions)
 from .scheduler import CACHE_GRANULE, Generation, Request, Result, Scheduler, Timings  # noqa: F401 (Timings: public here too)
 from .tokenizer import Tokenizer
 
@@ -90,6 +90,9 @@ class Engine:
                                                  ("eos_token", tokenizer.eos_token)) if v is not None}
         self.device = device
         self.dtype = dtype
+        # LLaVA-Video's time instruction before each video question (what the checkpoint's
+        # config declares, unless Engine.load was told otherwise).
+        self.time_instruction = family.wants_time_instruction(None)
         self.load_s = 0.0  # seconds Engine.load took
         self.stats = EngineStats()
         self._core: Scheduler | None = None
@@ -105,13 +108,16 @@ class Engine:
     @classmethod
     def load(cls, folder: str | Path | Checkpoint, *, device: str | None = None, dtype: str | None = None,
              attn: str | None = "auto", family: Family | None = None, quantize: str | None = None,
-             compile: bool = False, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> "Engine":
+             compile: bool = False, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+             time_instruction: bool | None = None) -> "Engine":
         """Load a model folder (or an already opened Checkpoint and its Family).
 
         ``attn``: auto | sdpa | flash | eager. ``quantize``: None | "4bit" | "4bit-dq" |
         "8bit" (bitsandbytes; the language model's linear layers only). ``compile``:
         torch.compile the decode step. ``prefill_chunk``: prompt positions per prefill
-        pass (0: the whole prompt at once).
+        pass (0: the whole prompt at once). ``time_instruction``: LLaVA-Video's time
+        instruction before video questions, on or off (None: as config.json declares;
+        only families that take it, OneVision's, ever get it).
         """
         started = time.perf_counter()
         checkpoint = folder if isinstance(folder, Checkpoint) else Checkpoint.open(folder)
@@ -134,6 +140,7 @@ class Engine:
         model.text.rotary.reset(torch_device)
         model.eval()
         engine = cls(checkpoint, family, model, tokenizer, template, torch_device, torch_dtype)
+        engine.time_instruction = family.wants_time_instruction(time_instruction)
         engine.set_attention(backend)
         engine.set_prefill_chunk(prefill_chunk)
         if compile:
@@ -173,17 +180,23 @@ class Engine:
         else:
             items = self.family.prepare(media)
         messages = build_messages(question, [m.kind for m in media], system)
-        prepared = self.prepare_messages(messages, items, long_video=long_video)
+        prepared = self.prepare_messages(messages, items, long_video=long_video, media=media)
         prepared.media = list(media)
         if encoded is not None:
             prepared.features = [e.features for e in encoded]
         return prepared
 
     def prepare_messages(self, messages: Sequence[Mapping[str, Any]], items: Sequence[MediaInput], *,
-                         long_video: bool = False, add_generation_prompt: bool = True) -> Prepared:
+                         long_video: bool = False, add_generation_prompt: bool = True,
+                         media: Sequence[Media] | None = None) -> Prepared:
         """Render a whole conversation (chat-template messages whose media parts match
         ``items`` in order) to token ids with the placeholders expanded, checked against
-        the context."""
+        the context. ``media``: the decoded media of those parts, in the same order; with
+        ``time_instruction`` on, each message holding a video gets LLaVA-Video's time
+        instruction before its text (from the frames' timestamps), here and nowhere else,
+        so a conversation's stored text stays the user's."""
+        if self.time_instruction and media:
+            messages = with_time_instructions(messages, media)
         text = render_compiled(self._compiled_template, messages, add_generation_prompt=add_generation_prompt,
                                **self._template_vars)
         ids = self.tokenizer.encode(text)

@@ -61,8 +61,13 @@ ALIAS_TABLE: dict[str, tuple[str, float]] = {
     "ov-0.5b-si": ("llava-hf/llava-onevision-qwen2-0.5b-si-hf", 0.894),
     "ov-7b-si": ("llava-hf/llava-onevision-qwen2-7b-si-hf", 8.03),
     "ov-chat": ("llava-hf/llava-onevision-qwen2-7b-ov-chat-hf", 8.03),
+    # LLaVA-Video-7B-Qwen2 (the OneVision-7B network, video-tuned) converted to the OneVision
+    # class by Isotr0py (hub tags llava_onevision, with a video_processor/); no llava-hf
+    # conversion exists. Count: lmms-lab/LLaVA-Video-7B-Qwen2's bf16 shards, 16.06 GB. Whether
+    # its config kept add_time_instruction is unchecked: --time-instruction turns it on.
+    "llava-video-7b": ("Isotr0py/LLaVA-Video-7B-Qwen2-hf", 8.03),
     # LLaVA-Interleave (LLaVA-1.5 architecture, SigLIP + Qwen1.5), multi-image
-    "interleave-0.5b": ("llava-hf/llava-interleave-qwen-0.5b-hf", 1.02),
+    "interleave-0.5b": ("llava-hf/llava-interleave-qwen-0.5b-hf", 0.865),
     "interleave-7b": ("llava-hf/llava-interleave-qwen-7b-hf", 8.14),
     # LLaVA-NeXT-Video
     "next-video-7b": ("llava-hf/LLaVA-NeXT-Video-7B-hf", 7.06),

@@ -440,6 +440,78 @@ def build_messages(question: str, media_kinds: Sequence[str], system: str | None
     return messages
 
 
+# -- LLaVA-Video's time instruction ---------------------------------------------------------
+#
+# LLaVA-Video (lmms-lab/LLaVA-Video-7B-Qwen2, config "add_time_instruction": true) was trained
+# with this sentence before each video question. The text, character for character, is the
+# authors' (github.com/LLaVA-VL/LLaVA-NeXT at df179663ae8b83207df100a1f7af24caec633ff9,
+# llava/train/train.py lines 1201-1203 and playground/demo/video_demo.py lines 209-211):
+#
+#     time_instruciton = f"The video lasts for {video_time:.2f} seconds, and {num_frames} frames are
+#         uniformly sampled from it. These frames are located at {frame_time}.Please answer the
+#         following questions related to this video."
+#
+# (one line there; no space after "{frame_time}."), with frame_time = ",".join(f"{t:.2f}s" ...)
+# (llava/utils.py process_video_with_decord, video_demo.py load_video) and the user turn
+# f"<image>\n{time_instruction}\n{question}" (train.py; video_demo.py builds the same). Their
+# video_time is the frame count over the average frame rate (decord's len(vr) /
+# vr.get_avg_fps()), their frame times index / average rate; ours are the sampled frames' own
+# timestamps, which are the same numbers for a constant-rate video and the truth otherwise.
+
+def video_seconds(media: Any) -> float:
+    """How long a video lasts, as the LLaVA-Video authors count it: its frames over its
+    average frame rate. Without a rate, the last frame's time plus one typical frame step."""
+    if media.fps:
+        return media.total_frames / media.fps
+    times = list(media.timestamps)
+    steps = sorted(b - a for a, b in zip(times, times[1:]))
+    return (times[-1] + steps[len(steps) // 2]) if steps else (times[-1] if times else 0.0)
+
+
+def time_instruction(media: Any) -> str:
+    """LLaVA-Video's time instruction for one sampled video (``media``: a video Media):
+    its length, how many frames were sampled and the time of each."""
+    frame_time = ",".join(f"{t:.2f}s" for t in media.timestamps)
+    return (f"The video lasts for {video_seconds(media):.2f} seconds, and {len(media.timestamps)} frames are "
+            f"uniformly sampled from it. These frames are located at {frame_time}.Please answer the following "
+            f"questions related to this video.")
+
+
+def with_time_instructions(messages: Sequence[Mapping[str, Any]], media: Sequence[Any]) -> list[dict[str, Any]]:
+    """``messages`` with each video's time instruction, then a newline, before the text of
+    the message that holds the video (as the authors' f"{time_instruction}\\n{question}").
+    ``media``: the Media of the messages' media parts, in order. The messages given are not
+    changed; messages without a video are returned as they are."""
+    out: list[dict[str, Any]] = []
+    queue = iter(media)
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            out.append(dict(message))
+            continue
+        lines = []
+        for part in content:
+            if part.get("type") in MEDIA_KINDS:
+                medium = next(queue, None)
+                if medium is None:
+                    raise PromptError("the messages hold more media parts than media were given")
+                if part["type"] == "video":
+                    lines.append(time_instruction(medium))
+        if not lines:
+            out.append(dict(message))
+            continue
+        prefix = "\n".join(lines) + "\n"
+        parts, done = [], False
+        for part in content:
+            if part.get("type") == "text" and not done:
+                part, done = {**part, "text": prefix + part["text"]}, True
+            parts.append(part)
+        if not done:
+            parts.append({"type": "text", "text": prefix.rstrip("\n")})
+        out.append({**message, "content": parts})
+    return out
+
+
 def expand_placeholders(
     ids: Sequence[int],
     counts: Mapping[int, Sequence[int]],

@@ -251,7 +251,7 @@ class ChatSession:
             for slot in slots:
                 self.cache.prepare(slot.entry)
             prepared = engine.prepare_messages(self.template_messages(), [s.entry.item for s in slots],
-                                               long_video=self.long_video)
+                                               long_video=self.long_video, media=[s.entry.media for s in slots])
         except PromptError as exc:
             self._withdraw(user)
             if len(self.messages) > 0:

@@ -63,13 +63,18 @@ class Run:
             quantize = settings.quantize
             self.engine = Engine.load(self.checkpoint, family=self.family, device=settings.device,
                                       dtype=settings.dtype, attn=settings.attn, quantize=quantize,
-                                      compile=bool(settings.compile), prefill_chunk=settings.prefill_chunk)
+                                      compile=bool(settings.compile), prefill_chunk=settings.prefill_chunk,
+                                      time_instruction=settings.time_instruction)
         notices = self.notices
         engine = self.engine
+        if settings.time_instruction and not self.family.takes_time_instruction:
+            notices.warn(f"the time instruction (--time-instruction) is for LLaVA-OneVision-class models "
+                         f"(LLaVA-Video); ignored for {self.family.title}")
         weights = "unquantized" if quantize in (None, "none") else quantize
         notices.detail(f"model {self.family.title} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}), "
                        f"attention {engine.attention}, language-model weights {weights}"
-                       + (", compiled decode" if settings.compile else ""))
+                       + (", compiled decode" if settings.compile else "")
+                       + (", LLaVA-Video time instruction before video questions" if engine.time_instruction else ""))
 
         def encoded(media, item) -> None:
             if media is None:

@@ -48,6 +48,10 @@ class Family:
     trained_frames: ClassVar[int | None] = None  # a family trained on exactly this many frames
     towers: ClassVar[tuple[str, ...]] = ("vision",)  # vision tower module names
     image_newline: ClassVar[bool] = False  # has a learned image_newline vector
+    # Takes LLaVA-Video's time instruction before video questions (prompt.time_instruction);
+    # ``declares_time_instruction``: config.json asks for it (add_time_instruction).
+    takes_time_instruction: ClassVar[bool] = False
+    declares_time_instruction: bool = False
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
@@ -97,6 +101,14 @@ class Family:
     def _vision_raw(self) -> dict:
         vision = Fields(self.config, self.source).object("vision_config", None)
         return vision.raw if vision is not None else {}
+
+    def wants_time_instruction(self, setting: bool | None) -> bool:
+        """Whether video questions get LLaVA-Video's time instruction: ``setting``
+        (--time-instruction / --no-time-instruction) when given, else what config.json
+        declares; never for a family that does not take it."""
+        if not self.takes_time_instruction:
+            return False
+        return self.declares_time_instruction if setting is None else setting
 
     # -- model -------------------------------------------------------------------------
     def build(self) -> nn.Module:

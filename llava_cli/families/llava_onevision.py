@@ -164,10 +164,14 @@ class LlavaOnevision(LlavaNext):
     # Several images in one prompt: False tiles each with anyres (transformers 4.48.3);
     # True pads each to a square, one view, 729 + 1 tokens (newer transformers).
     square_multi_image: ClassVar[bool] = False
+    # LLaVA-Video-7B/72B-Qwen2 are this network trained with a time instruction before each
+    # video question; their config says "add_time_instruction": true (conversions may keep it).
+    takes_time_instruction: ClassVar[bool] = True
 
     def __init__(self, checkpoint) -> None:
         Family.__init__(self, checkpoint)  # not LlavaNext's: its pixel rules are CLIP's
         top = Fields(self.config, self.source)
+        self.declares_time_instruction = top.bool("add_time_instruction", False)
         self.max_tiles = _max_tiles(top.str("vision_aspect_ratio", "anyres_max_9"), self.source)
         self.pinpoints = top.pinpoints("image_grid_pinpoints", ONEVISION_PINPOINTS)
         tile = self.vision_config.image_size

@@ -276,7 +276,8 @@ class Worker:
                 self._finished(job)
                 continue
             try:
-                job.prepared = engine.prepare_messages(job.messages, job.items, long_video=self.long_video)
+                job.prepared = engine.prepare_messages(job.messages, job.items, long_video=self.long_video,
+                                                       media=job.media)
             except PromptError as exc:
                 code = "context_length_exceeded" if "context" in exc.message else "invalid_prompt"
                 self._fail(job, ApiError(400, _for_clients(exc.message), param="messages", code=code))

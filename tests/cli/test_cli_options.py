@@ -10,7 +10,14 @@ import sys
 import pytest
 
 from support.cli import SGR, Terminal, one_line_error, run
-from llava_cli import schema
+from llava_cli import config as settings_table, schema
+
+# `llava config show` aligns the keys to the longest one.
+KEY_WIDTH = max(len(setting.key) for setting in settings_table.SETTINGS)
+
+
+def shown_line(key: str, rest: str) -> str:
+    return f"{key:<{KEY_WIDTH}} = {rest}"
 
 
 def test_question_from_stdin_no_stream_and_json(tiny_model, media_files, env):
@@ -67,9 +74,39 @@ def test_settings_precedence_file_env_flag(tiny_model, media_files, tmp_path, en
 
     shown = run(["config", "show"], {**env, "LLAVA_MAX_NEW_TOKENS": "5"})
     assert shown.returncode == 0, shown.stderr
-    assert "max_new_tokens = 5  # LLAVA_MAX_NEW_TOKENS" in shown.stdout
-    assert f"frames         = 2  # {config}" in shown.stdout
+    assert shown_line("max_new_tokens", "5  # LLAVA_MAX_NEW_TOKENS") in shown.stdout
+    assert shown_line("frames", f"2  # {config}") in shown.stdout
     assert "# temperature" in shown.stdout and "unset" in shown.stdout
+
+
+def test_time_instruction_setting(tiny_model, media_files, tmp_path, env):
+    """--time-instruction: unset follows config.json's add_time_instruction; the flag,
+    LLAVA_TIME_INSTRUCTION and config.toml turn it on or off; a family that does not take
+    it says so once and answers as usual."""
+    from support.checkpoints.onevision import make_onevision
+
+    folder = make_onevision(tmp_path / "tiny-llava-video", "trained", tied=True, seed=3)
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "add_time_instruction": True}))
+    clip = str(media_files["clip"])
+
+    def prompt_tokens(model, extra_env: dict, *flags: str) -> int:
+        result = run(["ask", "--json", "-m", str(model), "-n", "1", "--frames", "4", *flags, clip, "q"],
+                     {**env, **extra_env})
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["prompt_tokens"]
+
+    declared = prompt_tokens(folder, {})
+    off = prompt_tokens(folder, {}, "--no-time-instruction")
+    assert declared > off  # the instruction's words
+    assert prompt_tokens(folder, {"LLAVA_TIME_INSTRUCTION": "0"}) == off
+    assert prompt_tokens(folder, {"LLAVA_TIME_INSTRUCTION": "0"}, "--time-instruction") == declared
+    (tmp_path / "config.toml").write_text("time_instruction = false\n")
+    assert prompt_tokens(folder, {"LLAVA_CONFIG": str(tmp_path / "config.toml")}) == off
+
+    other = run(["ask", "-m", str(tiny_model), "-n", "2", "--time-instruction", clip, "q"], env)
+    assert other.returncode == 0, other.stderr
+    assert other.stderr.count("time instruction") == 1 and "ignored for LLaVA-NeXT-Video" in other.stderr
 
 
 def test_bad_settings_are_one_line(tiny_model, media_files, tmp_path, env):
@@ -106,7 +143,7 @@ def test_config_path_and_edit(tmp_path, env):
     assert edited.returncode == 0, edited.stderr
     text = target.read_text()
     assert "# temperature = 0.2" in text and text.endswith("frames = 12\n")
-    assert "frames         = 12  # " + str(target) in run(["config", "show"], local).stdout
+    assert shown_line("frames", f"12  # {target}") in run(["config", "show"], local).stdout
     # An edit that breaks the file is reported in one line.
     script.write_text("import sys\nopen(sys.argv[-1], 'a').write('top_k = -1\\n')\n")
     one_line_error(run(["config", "edit"], {**local, "EDITOR": editor}), "top_k", code=1)

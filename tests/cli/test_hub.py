@@ -485,6 +485,7 @@ DOCUMENTED = {
     "next-72b": "llava-hf/llava-next-72b-hf", "next-110b": "llava-hf/llava-next-110b-hf",
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf", "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
     "ov-chat": "llava-hf/llava-onevision-qwen2-7b-ov-chat-hf",
+    "llava-video-7b": "Isotr0py/LLaVA-Video-7B-Qwen2-hf",
     "interleave-0.5b": "llava-hf/llava-interleave-qwen-0.5b-hf",
     "interleave-7b": "llava-hf/llava-interleave-qwen-7b-hf",
 }
@@ -517,7 +518,7 @@ def test_unknown_alias_suggests_close_names(env):
     assert {alias: repo for alias, repo, _, _ in rows} == hub.ALIASES
     sizes = {alias: (approx, unit) for alias, _, approx, unit in rows}
     assert sizes["ov-0.5b"] == ("~1.8", "GB") and sizes["ov-7b"] == ("~16", "GB")  # 2 bytes a parameter
-    assert sizes["interleave-0.5b"] == ("~2.0", "GB") and sizes["next-110b"] == ("~224", "GB")
+    assert sizes["interleave-0.5b"] == ("~1.7", "GB") and sizes["next-110b"] == ("~224", "GB")
 
 
 def test_default_model_precedence(env, tmp_path):

@@ -5,7 +5,9 @@ Real geometry (384-px SigLIP squash, 729 tokens per image, layer -1, strategy "f
 widths. The reference gets what a transformers user gives it (the processor's chat template,
 PIL images); ours goes through our media, prompt, tokenizer, preprocessing and networks.
 Checked per case with the harness: prompt ids, pixel values (≤ 1e-5), last-token logits
-(≤ 1e-4) and a 20-token greedy continuation, alone and batched.
+(≤ 1e-4) and a 20-token greedy continuation, alone and batched; with a small trained
+Qwen2-shaped tokenizer and, when ../shared holds it, the real Qwen2 BPE (the prompt ids are then
+exactly what the hub checkpoints' processor gives). Both render the hub's chat template.
 """
 
 from __future__ import annotations
@@ -50,9 +52,32 @@ def trained_pair(tmp_path_factory) -> Pair:
                                              tied=True))
 
 
+@pytest.fixture(scope="module")
+def qwen2_pair(tmp_path_factory) -> Pair:
+    """The real Qwen2 BPE from ../shared (skips when it is absent), <image> = 151646 as on the hub."""
+    return interleave_pair(make_llava_siglip(tmp_path_factory.mktemp("ckpt") / "tiny-interleave-qwen2", "qwen2",
+                                             tied=True, seed=2))
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity(trained_pair, media_dir, case):
     check(trained_pair, media_dir, CASES[case])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_qwen2_tokenizer(qwen2_pair, media_dir, case):
+    check(qwen2_pair, media_dir, CASES[case])
+
+
+def test_qwen2_prompt_is_the_hub_template(qwen2_pair, media_dir):
+    """With the real tokenizer the prompt is the hub template's ChatML, ids as on the hub:
+    <|im_start|> 151644, "user", "\n", the images' 151646 runs back to back, "\n" + question."""
+    prepared, _ = qwen2_pair.prepare([image(media_dir / "wide.png"), image(media_dir / "tall.png")])
+    ids = prepared.input_ids
+    tok = qwen2_pair.engine.tokenizer
+    assert ids[:3] == [151644, tok.token_to_id("user"), tok.token_to_id("Ċ")]
+    assert ids[3:3 + 2 * 729] == [151646] * (2 * 729)
+    assert ids[3 + 2 * 729] == tok.token_to_id("Ċ") and ids.count(151645) == 1
 
 
 def test_family_and_geometry(trained_pair, media_dir):

@@ -44,13 +44,21 @@ def _onevision(text, tie):
             "vision_config": SIGLIP_384}
 
 
-def _interleave(text):
+# The Interleave repos store the SigLIP config with its activation and norm epsilon spelled out.
+SIGLIP_384_INTERLEAVE = {"hidden_act": "gelu_pytorch_tanh", "hidden_size": 1152, "image_size": 384,
+                         "intermediate_size": 4304, "layer_norm_eps": 1e-06, "model_type": "siglip_vision_model",
+                         "num_attention_heads": 16, "num_hidden_layers": 26, "patch_size": 14,
+                         "vision_use_head": False}
+
+
+def _interleave(text, version):
     """LLaVA-Interleave: the LLaVA-1.5 architecture (model_type llava) with SigLIP-384 at
-    layer -1 / strategy "full" and a Qwen1.5 (model_type qwen2) backbone."""
-    return {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "ignore_index": -100,
-            "image_seq_length": 729, "image_token_index": 151646, "projector_hidden_act": "gelu",
-            "vision_feature_layer": -1, "vision_feature_select_strategy": "full", "torch_dtype": "bfloat16",
-            "text_config": text, "vision_config": SIGLIP_384}
+    layer -1 / strategy "full" and a Qwen1.5 (model_type qwen2) backbone. Verbatim hub
+    config.json (every key, in the hub's order); see CONFIGS below for the revisions."""
+    return {"architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 151646,
+            "model_type": "llava", "projector_hidden_act": "gelu", "text_config": text, "torch_dtype": "bfloat16",
+            "transformers_version": version, "vision_config": SIGLIP_384_INTERLEAVE, "vision_feature_layer": -1,
+            "vision_feature_select_strategy": "full"}
 
 
 CONFIGS: dict[str, dict] = {
@@ -128,10 +136,26 @@ CONFIGS: dict[str, dict] = {
         _qwen2(3584, 18944, 28, 28, 4, 152128, False, "Qwen/Qwen2-7B-Instruct"), False),
     "llava-hf/llava-onevision-qwen2-7b-si-hf": _onevision(
         _qwen2(3584, 18944, 28, 28, 4, 152128, False, "Qwen/Qwen2-7B-Instruct"), False),
+    # The two Interleave configs are the hub files themselves: json.dumps(indent=2, sort_keys=True) + "\n"
+    # of each is exactly the size the hub shows (1,251 and 1,100 bytes).
+    # 0.5b: https://huggingface.co/llava-hf/llava-interleave-qwen-0.5b-hf/blame/187fe5ebba14c29a67f99fe56f3351b058af3e10/config.json
+    # (last changed in 4cf2844 "Upload LlavaForConditionalGeneration"). Qwen1.5-0.5B-Chat's head is tied, and
+    # so is this one: the single model.safetensors holds no language_model.lm_head.weight.
     "llava-hf/llava-interleave-qwen-0.5b-hf": _interleave(
-        {**_qwen2(1024, 2816, 24, 16, 16, 152000, False, "Qwen/Qwen1.5-0.5B-Chat"), "max_window_layers": 21}),
+        {"_name_or_path": "Qwen/Qwen1.5-0.5B-Chat", "architectures": ["Qwen2ForCausalLM"], "bos_token_id": 151643,
+         "eos_token_id": 151645, "hidden_size": 1024, "intermediate_size": 2816, "max_position_embeddings": 32768,
+         "max_window_layers": 21, "model_type": "qwen2", "num_attention_heads": 16, "num_hidden_layers": 24,
+         "num_key_value_heads": 16, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
+         "torch_dtype": "bfloat16", "use_sliding_window": False, "vocab_size": 152000}, "4.43.0.dev0"),
+    # 7b: https://huggingface.co/llava-hf/llava-interleave-qwen-7b-hf/blame/0a3fa472cfe9e6b27ee7c7567ab08c1344b6162a/config.json
+    # (0a3fa47 changed only sliding_window 32768 → null and transformers_version from e55f950). The widths,
+    # depth and heads are Qwen2Config's defaults (4096, 32 layers, 32 heads / 32 KV heads), so they are not
+    # stored; neither is tie_word_embeddings (default false: Qwen1.5-7B-Chat has its own head).
     "llava-hf/llava-interleave-qwen-7b-hf": _interleave(
-        {**_qwen2(4096, 11008, 32, 32, 32, 152000, False, "Qwen/Qwen1.5-7B-Chat"), "max_window_layers": 28}),
+        {"_name_or_path": "Qwen/Qwen1.5-7B-Chat", "architectures": ["Qwen2ForCausalLM"], "bos_token_id": 151643,
+         "eos_token_id": 151645, "intermediate_size": 11008, "max_position_embeddings": 32768,
+         "max_window_layers": 28, "model_type": "qwen2", "rope_theta": 1000000.0, "sliding_window": None,
+         "torch_dtype": "bfloat16", "use_sliding_window": False, "vocab_size": 152000}, "4.44.0.dev0"),
 }
 
 PUBLISHED_PARAMS: dict[str, float] = {
@@ -148,9 +172,14 @@ PUBLISHED_PARAMS: dict[str, float] = {
     "llava-hf/llava-onevision-qwen2-0.5b-si-hf": 893.7e6,
     "llava-hf/llava-onevision-qwen2-7b-ov-hf": 8.03e9,
     "llava-hf/llava-onevision-qwen2-7b-si-hf": 8.03e9,
-    # NOT yet checked against the hub pages (unreachable from the session that added them):
-    # what our build of the reconstructed configs counts, with the 0.5b's head untied.
-    # Issue 17 stays open until these are the published counts.
-    "llava-hf/llava-interleave-qwen-0.5b-hf": 1.02e9,
+    # 0.5b: the hub lists the repo at "0.9B" (e.g. https://huggingface.co/mdoeir/activity/all) and its one
+    # bf16 model.safetensors at 1.73 GB (https://huggingface.co/llava-hf/llava-interleave-qwen-0.5b-hf/tree/
+    # eaf0a712d37f7b66d4b0ef1a1d938e044201c277, also tree/4cf2844), i.e. 1.73e9 / 2 bytes = 865M ± 0.3%
+    # (the size's own rounding). The model page's three-digit "Model size" was not found in any stored copy.
+    "llava-hf/llava-interleave-qwen-0.5b-hf": 865e6,
+    # 7b: "Model size 8.14B params" on the page of its bf16 MLX conversion of these weights
+    # (https://huggingface.co/mlx-community/llava-interleave-qwen-7b-bf16, "converted ... from
+    # llava-hf/llava-interleave-qwen-7b-hf"), and the four bf16 shards listed at 4.98 + 4.92 + 4.95 + 1.43 =
+    # 16.28 GB (https://huggingface.co/llava-hf/llava-interleave-qwen-7b-hf/tree/main) = 8.14B.
     "llava-hf/llava-interleave-qwen-7b-hf": 8.14e9,
 }

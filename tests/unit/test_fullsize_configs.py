@@ -61,18 +61,21 @@ def test_onevision_05b_is_tied_and_893m():
     assert abs(count(model) - 893.7e6) / 893.7e6 <= 0.005
 
 
-@pytest.mark.parametrize("name", ["llava-hf/llava-interleave-qwen-0.5b-hf", "llava-hf/llava-interleave-qwen-7b-hf"])
-def test_interleave_is_llava_with_siglip_and_qwen2(name):
+@pytest.mark.parametrize("name, tied", [("llava-hf/llava-interleave-qwen-0.5b-hf", True),
+                                        ("llava-hf/llava-interleave-qwen-7b-hf", False)])
+def test_interleave_is_llava_with_siglip_and_qwen2(name, tied):
     """LLaVA-Interleave runs as the LLaVA-1.5 family: SigLIP-384 at layer -1, all 729
-    patch tokens, squashed 384-px views with mean/std 0.5, a Qwen2 decoder (q/k/v bias)."""
+    patch tokens, squashed 384-px views with mean/std 0.5, a Qwen2 decoder (q/k/v bias).
+    The 0.5b ties its head to the embedding (text_config says so, as Qwen1.5-0.5B-Chat
+    does); the 7b stores none and gets Qwen2's default, untied."""
     family, model = build_ours(name)
     assert family.name == "llava" and family.token_ids() == {"image": 151646}
     assert family.vision_config.kind == "siglip_vision_model" and family.tokens_per_view == 729
-    assert family.text_config.qkv_bias and not family.text_config.tie_word_embeddings
+    assert family.text_config.qkv_bias and family.text_config.tie_word_embeddings == tied
     pixels = family.image_pixels
     assert (pixels.shortest_edge, pixels.height, pixels.width, pixels.crop) == (None, 384, 384, None)
     assert pixels.mean == pixels.std == (0.5, 0.5, 0.5)
-    assert model.text.lm_head.weight is not model.text.embed.weight
+    assert (model.text.lm_head.weight is model.text.embed.weight) == tied
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -15,15 +15,21 @@ from pathlib import Path
 from support.parity import load_pretrained
 from support.tokenizers import add_tokens, real_qwen2_tokenizer, train_qwen2_tokenizer_onevision
 
-# The interleave checkpoints' chat template shape: ChatML turns, each message's images
-# first (one "<image>\n" each), then its text. (Not in ../shared/reference/chat_templates.json,
-# so it is written out here; both sides render this same file.)
+# The llava-hf Interleave checkpoints' chat template, verbatim: llava-hf/llava-interleave-qwen-0.5b-hf
+# chat_template.json at 1abeb3a994bf01d53d492318a1c9517950cd9f1b ("Update chat_template.json to incorporate
+# `generation` tag", 699 bytes; the -7b-hf repo got the same update, dfc07ed, also 699 bytes). ChatML turns,
+# each message's images first as bare "<image>" (no newline between them), then "\n" + each text.
+# (It is not in ../shared/reference/chat_templates.json, so it is written out here; both sides render
+# this same file.)
 INTERLEAVE_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
     "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}"
-    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] }}{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
