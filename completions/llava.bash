@@ -114,6 +114,8 @@ _llava() {
             case "$prev" in
                 -Q|--question) COMPREPLY=(); return ;;
                 -o|--output) _llava_compgen_files -f; return ;;
+                --ray-address) COMPREPLY=(); return ;;
+                --ray-actors) COMPREPLY=(); return ;;
                 -m|--model) _llava_compgen_files -d; _llava_aliases; return ;;
                 -f|--frames) COMPREPLY=(); return ;;
                 --fps) COMPREPLY=(); return ;;
@@ -135,7 +137,7 @@ _llava() {
                 --parallel) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then
-                COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video --no-time-instruction --time-instruction -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
+                COMPREPLY=($(compgen -W "-Q --question -o --output --resume --overwrite --ray --ray-address --ray-actors -m --model --offline -f --frames --fps --max-frames --start --end --decoder --long-video --no-time-instruction --time-instruction -n --max-new-tokens -t --temperature --top-p --top-k --seed --device --dtype --attn --quantize --compile --no-compile --prefill-chunk -s --system --parallel -q --quiet -v --verbose --debug -h --help" -- "$cur"))
             else
                 _llava_compgen_files -f
             fi

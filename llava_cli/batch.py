@@ -206,14 +206,67 @@ class _Task:
 
 def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, notices,
         done: set[tuple[str, str]], progress: bool) -> int:
-    """Answer every (input, question) not in ``done``; one JSON line each, in input order.
+    """Answer every (input, question) not in ``done``; one JSON line each, in input order,
+    to ``options.output`` (standard output when None). The exit status: 3 when a line
+    holds an error."""
+    total = sum(1 for item in inputs for q in options.questions if (item.path, q) not in done)
+    sink = Sink(JsonlOutput(options.output, append=options.resume), notices, total, progress=progress)
+    try:
+        answer(inputs, options, engine=engine, spec=spec, sampling=sampling, done=done, emit=sink.write,
+               warn=notices.warn, detail=notices.detail)
+    finally:
+        sink.close()
+    return sink.finish()
 
-    Inputs are decoded ahead on worker threads while the model works. Up to
+
+class Sink:
+    """Where finished lines go: the output file, the progress bar, a warning per failed
+    line, and the summary at the end."""
+
+    def __init__(self, output: JsonlOutput, notices, total: int, *, progress: bool) -> None:
+        self.output = output
+        self.notices = notices
+        self.answered = self.failed = 0
+        self.bar = _Progress(total, notices, enabled=progress)
+        self.started = time.perf_counter()
+
+    def write(self, record: dict[str, Any], path: str) -> None:
+        if record["error"] is None:
+            self.answered += 1
+        else:
+            self.failed += 1
+            message = record["error"]
+            self.bar.warn(message if path in message else f"{path}: {message}")
+        self.output.write(record)
+        self.bar.advance()
+
+    def close(self) -> None:
+        self.bar.stop()
+        self.output.close()
+
+    def finish(self) -> int:
+        elapsed = time.perf_counter() - self.started
+        summary = f"answered {self.answered} of {self.answered + self.failed}"
+        if self.failed:
+            summary += f" ({self.failed} failed)"
+        self.notices.info(f"{summary} in {elapsed:.1f} s")
+        return EXIT_PARTIAL if self.failed else EXIT_OK
+
+
+def answer(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, done: set[tuple[str, str]],
+           emit: Callable[[dict[str, Any], str], None], decode: Callable[[str], Any] | None = None,
+           warn: Callable[[str], None] | None = None, detail: Callable[[str], None] | None = None) -> None:
+    """Answer every (input, question) not in ``done``, calling ``emit(record, path)`` for
+    each line, in input order.
+
+    Inputs are decoded ahead on worker threads while the model works (``decode(path)`` →
+    session.MediaEntry; by default the file is read with ``spec``). Up to
     ``options.parallel`` questions are in flight in the generation core at once: an input
     is admitted as soon as a slot is free and its frames are ready (inputs ready together
     are encoded in one vision pass), and a finished answer frees its slot for the next.
-    Lines are written in input order as soon as an input and all before it are done, so
-    a killed run loses only unfinished answers (--resume asks them again)."""
+    Lines are emitted in input order as soon as an input and all before it are done, so
+    a killed run loses only unfinished answers (--resume asks them again). ``engine`` None:
+    every input has an error known before decoding (``Input.error``)."""
     from .session import MediaCache, MediaEntry, media_key
     from .media import load_media
 
@@ -222,20 +275,16 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
     for task in tasks:
         task.records = [None] * len(task.questions)
         task.error = task.item.error
-    total = sum(len(task.questions) for task in tasks)
-    output = JsonlOutput(options.output, append=options.resume)
     parallel = max(1, options.parallel)
     core = engine.core(parallel) if engine is not None else None
     cache = MediaCache(engine, limit=2)
-    counts = {"answered": 0, "failed": 0}
-    bar = _Progress(total, notices, enabled=progress)
-    started = time.perf_counter()
 
-    def decode(path: str) -> MediaEntry:
+    def read(path: str) -> MediaEntry:
         begun = time.perf_counter()
         media = load_media(path, spec)
         return MediaEntry(media, spec, media_key(path, spec), load_s=time.perf_counter() - begun)
 
+    decode = decode or read
     # Frames of the next inputs are decoded while the model works on the ones in flight.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1 if parallel == 1 else 2,
                                                  thread_name_prefix="llava-decode")
@@ -265,8 +314,10 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
         try:
             task.entry = cache.adopt(futures.pop(index).result())
             for note in task.entry.media.notices:
-                notices.warn(note)
-            notices.detail(task.entry.media.describe())
+                if warn is not None:
+                    warn(note)
+            if detail is not None:
+                detail(task.entry.media.describe())
         except BaseException as exc:  # noqa: BLE001 - one bad input must not end the run
             task.entry, task.error = None, _problem(exc)
 
@@ -318,14 +369,7 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
         while written < len(tasks) and tasks[written].complete:
             task = tasks[written]
             for record in task.records:
-                if record["error"] is None:
-                    counts["answered"] += 1
-                else:
-                    counts["failed"] += 1
-                    message = record["error"]
-                    bar.warn(message if task.item.path in message else f"{task.item.path}: {message}")
-                output.write(record)
-                bar.advance()
+                emit(record, task.item.path)
             task.entry = None  # written: let the frames and embeddings go
             written += 1
 
@@ -363,15 +407,6 @@ def run(inputs: list[Input], options: BatchOptions, *, engine, spec, sampling, n
         if core is not None:
             for generation in list(running):
                 core.cancel(generation)
-        bar.stop()
-        output.close()
-    elapsed = time.perf_counter() - started
-    answered, failed = counts["answered"], counts["failed"]
-    summary = f"answered {answered} of {answered + failed}"
-    if failed:
-        summary += f" ({failed} failed)"
-    notices.info(f"{summary} in {elapsed:.1f} s")
-    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 OUT_OF_MEMORY = "out of memory: try fewer --frames, a lower --parallel or a smaller model"

@@ -87,6 +87,10 @@ ENV_DOCS: Dict[str, str] = {
                       "(\\fI$XDG_STATE_HOME/llava/history\\fR, default \\fI~/.local/state\\fR).",
     "XDG_CONFIG_HOME": "On Linux, the folder of the configuration file "
                        "(\\fI$XDG_CONFIG_HOME/llava/config.toml\\fR, default \\fI~/.config\\fR).",
+    "RAY_ADDRESS": "The Ray cluster \\fBllava batch \\-\\-ray\\fR joins when \\fB\\-\\-ray\\-address\\fR is not "
+                   "given (read by Ray). Without it, a cluster started on this machine with \\fBray start\\fR, "
+                   "else a new local one. A cluster with token authentication also needs "
+                   "\\fBRAY_AUTH_MODE=token\\fR and its token (\\fI~/.ray/auth_token\\fR).",
 }
 
 # Read by platformdirs on llava's behalf, not by the package source: listed so the check

@@ -30,6 +30,16 @@ def batch(
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue --output: skip the inputs it already answers, retry the failed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
+    ray: bool = typer.Option(False, "--ray",
+                             help="Run on a Ray cluster (pip install 'llava-cli[ray]'): the one at RAY_ADDRESS, "
+                                  "else one started on this machine with `ray start`, else a new local one. Lines "
+                                  "come in the order answers finish."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", show_default=False,
+                                              help="With --ray: the cluster's address (host:6379, ray://host:10001, "
+                                                   "auto, local)."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", metavar="N", show_default=False,
+                                             help="With --ray: model actors, each loading the model once "
+                                                  "[default: one per GPU in the cluster, else one per node]."),
     options: RunOptions = SHARED,
 ) -> None:
     """Ask the same question(s) about many images and videos; print one JSON line per input and question:
@@ -42,6 +52,14 @@ def batch(
     from .. import batch as batch_mod
 
     inputs_args = list(inputs or [])
+    if ray:
+        from .. import ray_batch
+
+        ray_batch.require_ray()
+    elif ray_address is not None or ray_actors is not None:
+        raise UsageError(f"{'--ray-address' if ray_address is not None else '--ray-actors'} goes with --ray")
+    if ray_actors is not None and ray_actors < 1:
+        raise UsageError(f"--ray-actors must be at least 1, not {ray_actors}")
     questions = list(questions or [])
     if questions:
         if question is not None:
@@ -92,6 +110,12 @@ def batch(
                              progress=not options.quiet)
         raise typer.Exit(code)
     run.open()
+    if ray:
+        code = ray_batch.run(inputs, job, run=run, notices=notices, done=done, progress=not options.quiet,
+                             address=ray_address, actors=ray_actors)
+        if code:
+            raise typer.Exit(code)
+        return
     engine = run.load_engine()
     code = batch_mod.run(inputs, job, engine=engine, spec=run.spec, sampling=run.sampling(), notices=notices,
                          done=done, progress=not options.quiet)
