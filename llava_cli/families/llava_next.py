@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .. import processing as px
@@ -9,6 +11,9 @@ from ..errors import ModelError
 from ..lazy import lazy
 from ..validate import Fields, check_multiple
 from .base import Family, MediaInput
+
+if TYPE_CHECKING:  # annotations only: torch loads lazily
+    from torch import nn
 
 torch = lazy("torch")
 

@@ -3,6 +3,8 @@ pooled 2×2 on the vision grid (576 → 144 tokens per frame at 336 px), no newl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .. import processing as px
@@ -11,6 +13,9 @@ from ..lazy import lazy
 from ..validate import Fields
 from .base import MediaInput
 from .llava_next import LlavaNext
+
+if TYPE_CHECKING:  # annotations only: torch loads lazily
+    from torch import nn
 
 torch = lazy("torch")
 F = lazy("torch.nn.functional")

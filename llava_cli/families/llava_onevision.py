@@ -38,6 +38,8 @@ from .base import Family, MediaInput
 from .llava_next import LlavaNext
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from ..media import Media
 
 torch = lazy("torch")

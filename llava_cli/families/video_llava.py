@@ -16,7 +16,7 @@ transformers 4.48.3 (the test oracle) notes:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from .. import processing as px
 from ..errors import ModelError
 from ..lazy import lazy
 from .base import Family, MediaInput
+
+if TYPE_CHECKING:  # annotations only: torch loads lazily
+    from torch import nn
 
 torch = lazy("torch")
 
