@@ -80,7 +80,7 @@ def run(inputs: list[Input], options: BatchOptions, *, run, notices, done: set[t
     ``options.output`` as they come back. ``run``: the driver's commands.run.Run, opened
     (model resolved, frame settings fixed). The exit status, as for a local batch."""
     ray = _import_ray()
-    with _ray_output_aside(not notices.verbose):
+    with _ray_output_aside(notices):
         started = _connect(ray, address, notices)
         try:
             return _run(ray, inputs, options, run=run, notices=notices, done=done, progress=progress,
@@ -91,27 +91,29 @@ def run(inputs: list[Input], options: BatchOptions, *, run, notices, done: set[t
 
 
 @contextlib.contextmanager
-def _ray_output_aside(enabled: bool):
-    """Ray's C++ core and the processes it starts print their own log lines on file
-    descriptor 2 (they are in Ray's session logs too, /tmp/ray/session_latest/logs). While
-    Ray runs, fd 2 goes to /dev/null and Python's sys.stderr, where llava's messages and
-    progress bar go, to a copy of the real one. --verbose leaves Ray's lines on."""
-    if not enabled:
+def _ray_output_aside(notices):
+    """Ray's C++ core, its Python threads and the processes it starts print their own log
+    lines on standard error (they are in Ray's session logs too,
+    /tmp/ray/session_latest/logs). While Ray runs, file descriptor 2 goes to /dev/null and
+    llava's own console (messages, progress bar) writes to a copy of the real one.
+    --verbose leaves Ray's lines on."""
+    if notices.verbose:
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     ours = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors=sys.stderr.errors)
-    real = sys.stderr
+    console = notices.console
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
     os.close(null)
-    sys.stderr = ours
+    console.file = ours
     try:
         yield
     finally:
         ours.flush()
-        sys.stderr = real
+        console.file = None  # back to sys.stderr, itself back on the real fd 2 below
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         ours.close()
