@@ -127,9 +127,30 @@ def test_same_lines_as_local_batch(tiny_model, media_files, tmp_path, ray_env, e
             assert record["answer"] and schema.check(record["timings"], schema.BATCH_TIMINGS_FIELDS) == []
             if record["question"] == "What is this?":  # the media was read and encoded for this line
                 assert record["timings"]["media_s"] > 0 and record["timings"]["encode_s"] > 0
-    # Each failure is also a warning on the driver's stderr, as locally.
+    # Each failure is also a warning on the driver's stderr, as locally; Ray's own log lines
+    # stay off it.
     assert "broken.mp4" in result.stderr and "missing.mp4" in result.stderr
     assert "answered 10 of 14 (4 failed)" in result.stderr
+    for line in filter(str.strip, result.stderr.splitlines()):
+        assert line.startswith(("llava: warning: ", "answered ")), line
+
+
+def test_ctrl_c_keeps_the_finished_lines(tiny_model, media_files, tmp_path, ray_env):
+    folder = make_inputs(tmp_path / "inputs", media_files, 16)
+    out = tmp_path / "out.jsonl"
+    driver = start(["batch", "--ray", "-m", str(tiny_model), "-n", "48", "--ray-actors", "2", "--parallel", "1",
+                    str(folder), "Caption it.", "-o", str(out)], ray_env)
+    try:
+        wait_for_lines(out, driver)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, stderr
+    assert "Traceback" not in stderr and "(raylet)" not in stderr, stderr
+    records = records_of(out)  # whole lines only
+    assert 1 <= len(records) < 16 and all(r["error"] is None for r in records)
 
 
 def test_driver_killed_then_resumed(tiny_model, media_files, tmp_path, ray_env, env):
