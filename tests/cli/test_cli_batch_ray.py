@@ -105,6 +105,20 @@ def wait_for_lines(path: Path, process: subprocess.Popen, count: int = 1, timeou
     raise AssertionError(f"no {count} lines in {timeout} s")
 
 
+def signalled_after_first_line(args: list[str], out: Path, env: dict, sig: int) -> tuple[int, str]:
+    """`llava batch --ray ARGS -o OUT`, sent ``sig`` once its first line is out: its exit
+    status and stderr."""
+    driver = start(["batch", "--ray", *args, "-o", str(out)], env)
+    try:
+        wait_for_lines(out, driver)
+        driver.send_signal(sig)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return driver.returncode, stderr
+
+
 def test_same_lines_as_local_batch(tiny_model, media_files, tmp_path, ray_env, env):
     folder = make_inputs(tmp_path / "inputs", media_files, 5)
     (folder / "broken.mp4").write_bytes(os.urandom(40_000))
@@ -138,16 +152,9 @@ def test_same_lines_as_local_batch(tiny_model, media_files, tmp_path, ray_env, e
 def test_ctrl_c_keeps_the_finished_lines(tiny_model, media_files, tmp_path, ray_env):
     folder = make_inputs(tmp_path / "inputs", media_files, 16)
     out = tmp_path / "out.jsonl"
-    driver = start(["batch", "--ray", "-m", str(tiny_model), "-n", "48", "--ray-actors", "2", "--parallel", "1",
-                    str(folder), "Caption it.", "-o", str(out)], ray_env)
-    try:
-        wait_for_lines(out, driver)
-        driver.send_signal(signal.SIGINT)
-        _, stderr = driver.communicate(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 130, stderr
+    args = ["-m", str(tiny_model), "-n", "48", "--ray-actors", "2", "--parallel", "1", str(folder), "Caption it."]
+    code, stderr = signalled_after_first_line(args, out, ray_env, signal.SIGINT)
+    assert code == 130, stderr
     assert "Traceback" not in stderr and "(raylet)" not in stderr, stderr
     records = records_of(out)  # whole lines only
     assert 1 <= len(records) < 16 and all(r["error"] is None for r in records)
@@ -157,14 +164,7 @@ def test_driver_killed_then_resumed(tiny_model, media_files, tmp_path, ray_env, 
     folder = make_inputs(tmp_path / "inputs", media_files, 16)
     out = tmp_path / "out.jsonl"
     args = ["-m", str(tiny_model), "-n", "48", "--ray-actors", "2", "--parallel", "1", str(folder), "Caption it."]
-    driver = start(["batch", "--ray", *args, "-o", str(out)], ray_env)
-    try:
-        wait_for_lines(out, driver)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    signalled_after_first_line(args, out, ray_env, signal.SIGKILL)
     kept = len(records_of(out)) if out.read_bytes().endswith(b"\n") else None
     assert kept is not None and 1 <= kept < 16, "the driver was not killed mid-run"
     resumed = run(["batch", "--ray", "--resume", *args, "-o", str(out)], ray_env, timeout=300)

@@ -332,7 +332,14 @@ def test_ctrl_c_during_a_download_stops_at_once_and_keeps_what_resumes(fake, env
                             text=True, env={**base, **env, "NO_PROXY": "127.0.0.1"})
     blobs = Path(env["HF_HOME"]) / "hub" / "models--org--tiny" / "blobs"
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_size >= chunk for p in blobs.glob("*.incomplete")):
+    def partial_sizes():  # a small shard's .incomplete file may be renamed between glob and stat
+        for partial in blobs.glob("*.incomplete"):
+            try:
+                yield partial.stat().st_size
+            except FileNotFoundError:
+                continue
+
+    while not any(size >= chunk for size in partial_sizes()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     started = time.monotonic()
