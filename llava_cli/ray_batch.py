@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .batch import BatchOptions, Input, Sink, _problem, answer
+from .batch import BatchOptions, Input, Sink, _is_url, _problem, answer
 from .errors import EXIT_USAGE, LlavaError
 from .jsonl import JsonlOutput, json_line
 
@@ -176,14 +176,14 @@ def _run(ray, inputs, options, *, run, notices, done, progress, actors) -> int:
     context.execution_options.preserve_order = False
 
     rows, total = [], 0
-    for index, item in enumerate(inputs):
+    for item in inputs:
         questions = [q for q in options.questions if (item.path, q) not in done]
         if not questions:
             continue
         total += len(questions)
         location = item.path if _is_url(item.path) else os.path.abspath(os.path.expanduser(item.path))
         # Paths travel as bytes: a name that is not UTF-8 cannot be an Arrow string.
-        rows.append({"index": index, "path": os.fsencode(item.path), "location": os.fsencode(location),
+        rows.append({"path": os.fsencode(item.path), "location": os.fsencode(location),
                      "questions": json.dumps(questions), "error": item.error or ""})
 
     plan = _plan(ray, actors, notices)
@@ -274,17 +274,12 @@ def _batch_size(inputs: int, parallel: int, actors: int) -> int:
     return max(1, min(2 * max(1, parallel), math.ceil(inputs / actors)))
 
 
-def _is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
-
-
 def _decode(spec, row: dict) -> dict:
     """The CPU stage: one input's frames, read where the task runs. Its failure (a damaged
     file, a path this machine cannot see) is the input's error, not the task's."""
     from .media import load_media
 
-    out = {"index": row["index"], "path": row["path"], "questions": row["questions"], "error": row["error"],
-           "media": None, "load_s": 0.0}
+    out = {"path": row["path"], "questions": row["questions"], "error": row["error"], "media": None, "load_s": 0.0}
     if row["error"]:
         return out
     path, location = os.fsdecode(row["path"]), os.fsdecode(row["location"])
@@ -327,7 +322,7 @@ class _Answerer:
 
         job = self.job
         inputs, entries, done = [], {}, set()
-        for index in range(len(batch["index"])):
+        for index in range(len(batch["path"])):
             path = os.fsdecode(batch["path"][index])
             asked = set(json.loads(batch["questions"][index]))
             done.update((path, q) for q in job.options.questions if q not in asked)
@@ -342,7 +337,7 @@ class _Answerer:
 
         answer(inputs, job.options, engine=None if self.error else self.engine, spec=job.spec,
                sampling=None if self.error else self.sampling, done=done, emit=emit, decode=entries.__getitem__)
-        return {"index": batch["index"], "path": batch["path"],
+        return {"path": batch["path"],
                 "lines": [b"".join(lines[item.path]) for item in inputs]}
 
 

@@ -13,7 +13,7 @@ from llava_cli.render import Notices
 
 
 def row(path: str, location: str, error: str = "") -> dict:
-    return {"index": 0, "path": os.fsencode(path), "location": os.fsencode(location), "questions": '["q"]',
+    return {"path": os.fsencode(path), "location": os.fsencode(location), "questions": '["q"]',
             "error": error}
 
 
