@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -214,11 +215,30 @@ def test_a_client_that_goes_away_frees_its_slot(server):
     assert server.post({"messages": user("hello"), "max_tokens": 2}).status_code == 200
 
 
+def _read_response(sock) -> str:
+    """One whole HTTP response from a raw socket: the head, then Content-Length bytes of body.
+    One recv is not enough: the server may send the head and the body in separate segments."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    while length and len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Authorization: Bearer {KEY}\r\nContent-Length: {100 << 20}\r\n\r\n".encode() + b"{")
-        reply = sock.recv(65536).decode()
+        reply = _read_response(sock)
     assert reply.startswith("HTTP/1.1 413"), reply
     assert '"code":"body_too_large"' in reply.replace(" ", "")
     assert server.post({"messages": user("hello"), "max_tokens": 2}).status_code == 200
